@@ -1,0 +1,1 @@
+"""driftline jobs: retraining, scheduler and replay buffer."""

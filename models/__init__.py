@@ -1,0 +1,1 @@
+"""driftline models: LSTM autoencoder, preprocessing, training, thresholds, checkpoints and registry."""

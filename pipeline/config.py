@@ -1,0 +1,237 @@
+"""One typed configuration object for every driftline command.
+
+Values are merged from four layers, later layers winning:
+
+1. the defaults declared below,
+2. a TOML file (``--config PATH`` or ``DRIFTLINE_CONFIG``),
+3. environment variables ``DRIFTLINE_<SECTION>__<KEY>`` (double underscore between levels),
+4. command-line overrides ``--set section.key=value``.
+
+Unknown keys and wrong types are rejected with a message that names the key and where it came from.
+This module never reads ``os.environ`` itself: the CLI passes the environment in.
+
+>>> config = load_config(env={"DRIFTLINE_KAFKA__GROUP_ID": "plant-7"}, overrides=["log_level=DEBUG"])
+>>> config.kafka.group_id, config.log_level
+('plant-7', 'DEBUG')
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "DRIFTLINE_"
+ENV_NESTING = "__"
+# Environment variables with the prefix that are about *where* the config lives, not config keys.
+ENV_RESERVED = frozenset({"DRIFTLINE_CONFIG"})
+MASK = "********"
+
+
+class ConfigError(ValueError):
+    """The configuration could not be loaded; the message names each offending key and its source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KafkaSettings(_Section):
+    """Where the sensor readings live and how the consumer group behaves."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    topics: list[str] = Field(default_factory=lambda: ["sensor-readings"], description="Topics to consume.")
+    group_id: str = Field("driftline-scorer", description="Consumer group of the scoring job.")
+    client_id: str = "driftline"
+    dead_letter_topic: str = Field("driftline-dead-letters", description="Where rejected messages go.")
+    events_topic: str = Field("driftline-events", description="Drift events and model-version changes.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    max_poll_records: int = Field(2000, gt=0, description="Upper bound on readings per micro-batch poll.")
+    session_timeout_ms: int = Field(30_000, gt=0)
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _split_comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [topic.strip() for topic in value.split(",") if topic.strip()]
+        return value
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments shared by kafka-python producers, consumers and admin clients."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if self.ssl_cafile:
+            options["ssl_cafile"] = str(self.ssl_cafile)
+        return options
+
+
+class LocalKafkaSettings(_Section):
+    """The single-node KRaft broker that `driftline kafka up` runs for demos and tests."""
+
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "driftline",
+        description="Where broker jars are downloaded (outside any clone) and where `kafka up` keeps state.",
+    )
+    port: int = Field(9092, ge=0, le=65535, description="Client port; 0 picks a free one.")
+    heap: str = Field("512m", pattern=r"^\d+[kKmMgG]$", description="JVM heap (-Xmx).")
+    start_timeout_s: float = Field(90.0, gt=0)
+
+
+class DriftlineConfig(_Section):
+    """Everything a driftline process can be told; see README's configuration reference."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    data_dir: Path = Field(Path("runs"), description="Root of error logs, registry and state.")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    local_kafka: LocalKafkaSettings = Field(default_factory=LocalKafkaSettings)
+
+    def to_display_dict(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets replaced by a mask, ``None`` values left out."""
+        return _mask_and_drop_none(self.model_dump(mode="python"), self)
+
+    def to_toml(self) -> str:
+        """The effective config as TOML that `load_config` accepts again (secrets masked)."""
+        return tomli_w.dumps(_stringify_paths(self.to_display_dict()))
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Iterable[str] = (),
+) -> DriftlineConfig:
+    """Merge defaults, the TOML file at ``path``, ``DRIFTLINE_*`` entries of ``env`` and ``--set`` overrides.
+
+    Raises :class:`ConfigError` naming every unknown key or badly typed value and where it came from.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is not None:
+        layers.append((f"file {path}", _read_toml(path)))
+    layers.extend(_env_layers(env or {}))
+    layers.extend(_override_layers(overrides))
+
+    merged: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for source, layer in layers:
+        _deep_merge(merged, layer, origins, source, ())
+    try:
+        return DriftlineConfig.model_validate(merged)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, origins)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def _parse_scalar(raw: str) -> Any:
+    """Env and --set values are strings; JSON lists/objects are decoded, the rest left to pydantic."""
+    stripped = raw.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _env_layers(env: Mapping[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """One layer per ``DRIFTLINE_*`` variable, so an error can name the variable."""
+    layers = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_NESTING)]
+        layers.append((f"env {name}", _nest(keys, _parse_scalar(env[name]))))
+    return layers
+
+
+def _override_layers(overrides: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
+    layers = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. kafka.group_id=plant-7")
+        layers.append((f"--set {item}", _nest(key.strip().split("."), _parse_scalar(raw))))
+    return layers
+
+
+def _nest(keys: list[str], value: Any) -> dict[str, Any]:
+    """``["kafka", "group_id"], "x"`` -> ``{"kafka": {"group_id": "x"}}``."""
+    tree: dict[str, Any] = {keys[-1]: value}
+    for key in reversed(keys[:-1]):
+        tree = {key: tree}
+    return tree
+
+
+def _deep_merge(
+    target: dict[str, Any],
+    layer: Mapping[str, Any],
+    origins: dict[tuple[str, ...], str],
+    source: str,
+    prefix: tuple[str, ...],
+) -> None:
+    for key, value in layer.items():
+        path = (*prefix, key)
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _deep_merge(target[key], value, origins, source, path)
+        else:
+            target[key] = dict(value) if isinstance(value, Mapping) else value
+            origins[path] = source
+
+
+def _describe(error: ValidationError, origins: Mapping[tuple[str, ...], str]) -> str:
+    lines = ["invalid configuration:"]
+    for item in error.errors():
+        loc = tuple(str(part) for part in item["loc"])
+        source = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), "defaults")
+        key = ".".join(loc) or "<root>"
+        reason = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {reason} (input {item.get('input')!r}, from {source})")
+    return "\n".join(lines)
+
+
+def _mask_and_drop_none(values: dict[str, Any], model: BaseModel) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for key, value in values.items():
+        attribute = getattr(model, key)
+        if value is None:
+            continue
+        if isinstance(attribute, SecretStr):
+            shown[key] = MASK
+        elif isinstance(attribute, BaseModel):
+            shown[key] = _mask_and_drop_none(value, attribute)
+        else:
+            shown[key] = value
+    return shown
+
+
+def _stringify_paths(values: Any) -> Any:
+    if isinstance(values, dict):
+        return {key: _stringify_paths(value) for key, value in values.items()}
+    if isinstance(values, list):
+        return [_stringify_paths(value) for value in values]
+    return str(values) if isinstance(values, Path) else values
