@@ -1,0 +1,150 @@
+"""The anomaly detector users fit and query: scaler + LSTM autoencoder + threshold + alarm filter.
+
+Verbs (Alibi Detect style): :meth:`AnomalyDetector.fit` trains on normal readings and calibrates the
+threshold on held-out windows; :meth:`~AnomalyDetector.score` returns window errors;
+:meth:`~AnomalyDetector.infer_threshold` recalibrates; :meth:`~AnomalyDetector.predict` returns a typed
+:class:`Detection`. Windows are scored causally: the window ending at row ``t`` uses rows ``<= t`` only.
+
+>>> import numpy as np
+>>> t = np.arange(600.0)
+>>> normal = np.stack([np.sin(t / 10), np.cos(t / 10)], axis=1)
+>>> detector = AnomalyDetector.fit(normal, window=20, hidden_size=16, latent_size=4,
+...                                training=TrainingConfig(epochs=3, progress=False))
+>>> detection = detector.predict(normal[:100])
+>>> detection.error.shape, int(detection.window_end_row[0])
+((81,), 19)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
+from models.preprocessing import StandardScaler, finite_windows, sliding_windows, window_end_rows
+from models.scoring import WindowScores, reconstruction_errors
+from models.threshold import AlarmFilter, QuantileRule, Threshold, ThresholdRule
+from models.training import TrainingConfig, TrainingResult, resolve_device, split_in_time, train_autoencoder
+
+
+class ThresholdNotSetError(RuntimeError):
+    """predict() was called on a detector whose threshold has not been calibrated."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One row per window: where it ends, its error, whether it exceeded, and the filtered alarm."""
+
+    window_end_row: np.ndarray  # [n] row index of each window's last reading
+    error: np.ndarray  # [n] NaN for windows rejected for non-finite readings
+    channel_error: np.ndarray  # [n, channels]
+    exceeded: np.ndarray  # [n] bool
+    alarm: np.ndarray  # [n] bool, after the k-of-n filter
+    threshold: float
+
+    def row_flags(self, n_rows: int) -> np.ndarray:
+        """Alarms as per-row flags ``[n_rows]``: row ``t`` takes the alarm of the window ending at ``t``."""
+        flags = np.zeros(n_rows, dtype=bool)
+        flags[self.window_end_row] = self.alarm
+        return flags
+
+
+class AnomalyDetector:
+    """A fitted detector; persist with :func:`models.checkpoint.save_checkpoint`."""
+
+    def __init__(
+        self,
+        model: LSTMAutoencoder,
+        scaler: StandardScaler,
+        threshold: Threshold | None = None,
+        alarm: AlarmFilter = AlarmFilter(),
+        channels: tuple[str, ...] | None = None,
+        training: TrainingResult | None = None,
+    ) -> None:
+        if scaler.n_channels != model.config.n_channels:
+            raise ValueError("scaler and model disagree on the number of channels")
+        self.model = model
+        self.scaler = scaler
+        self.threshold = threshold
+        self.alarm = alarm
+        self.channels = channels or tuple(f"ch{i}" for i in range(scaler.n_channels))
+        self.training = training
+
+    @property
+    def window(self) -> int:
+        return self.model.config.window
+
+    @classmethod
+    def fit(
+        cls,
+        readings: np.ndarray,
+        *,
+        window: int = 30,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        latent_size: int = 16,
+        dropout: float = 0.0,
+        training: TrainingConfig = TrainingConfig(),
+        rule: ThresholdRule = QuantileRule(0.99),
+        alarm: AlarmFilter = AlarmFilter(),
+        channels: tuple[str, ...] | None = None,
+    ) -> AnomalyDetector:
+        """Train on normal ``readings`` ``[time, channels]``; calibrate ``rule`` on held-out windows."""
+        scaler = StandardScaler.fit(readings)
+        windows = sliding_windows(scaler.transform(readings), window)
+        windows = windows[finite_windows(windows)]
+        train, val = split_in_time(windows, training.val_fraction)
+        config = LSTMAEConfig(readings.shape[1], window, hidden_size, num_layers, latent_size, dropout)
+        model = LSTMAutoencoder(config)
+        result = train_autoencoder(model, train, training, val_windows=val)
+        detector = cls(model, scaler, alarm=alarm, channels=channels, training=result)
+        detector.threshold = rule.fit(reconstruction_errors(model, val).error)
+        return detector
+
+    def fine_tune(
+        self, readings: np.ndarray, training: TrainingConfig, rule: ThresholdRule | None = None
+    ) -> TrainingResult:
+        """Continue training on new normal ``readings`` (scaler kept); recalibrate if ``rule`` is given."""
+        windows = sliding_windows(self.scaler.transform(readings), self.window)
+        train, val = split_in_time(windows[finite_windows(windows)], training.val_fraction)
+        self.training = train_autoencoder(self.model, train, training, val_windows=val)
+        if rule is not None:
+            self.threshold = rule.fit(reconstruction_errors(self.model, val).error)
+        return self.training
+
+    def to(self, device: str | torch.device) -> AnomalyDetector:
+        self.model.to(resolve_device(str(device)))
+        return self
+
+    def score(self, readings: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, WindowScores]:
+        """Window end rows ``[n]`` and scores of every window of ``readings``; NaN where rejected."""
+        windows = sliding_windows(self.scaler.transform(readings), self.window)
+        ends = window_end_rows(len(readings), self.window)
+        ok = finite_windows(windows)
+        scored = reconstruction_errors(self.model, windows[ok], batch_size)
+        error = np.full(len(windows), np.nan, dtype=np.float32)
+        channel_error = np.full((len(windows), self.scaler.n_channels), np.nan, dtype=np.float32)
+        error[ok], channel_error[ok] = scored.error, scored.channel_error
+        return ends, WindowScores(error, channel_error)
+
+    def infer_threshold(self, normal_readings: np.ndarray, rule: ThresholdRule) -> Threshold:
+        """Recalibrate the threshold on windows of ``normal_readings``."""
+        _, scores = self.score(normal_readings)
+        self.threshold = rule.fit(scores.error)
+        return self.threshold
+
+    def predict(self, readings: np.ndarray, batch_size: int = 1024) -> Detection:
+        if self.threshold is None:
+            raise ThresholdNotSetError("no threshold yet: call fit() or infer_threshold() first")
+        ends, scores = self.score(readings, batch_size)
+        exceeded = np.nan_to_num(scores.error, nan=-np.inf) > self.threshold.value
+        return Detection(
+            ends,
+            scores.error,
+            scores.channel_error,
+            exceeded,
+            self.alarm.apply(exceeded),
+            self.threshold.value,
+        )

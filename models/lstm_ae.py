@@ -1,0 +1,76 @@
+"""LSTM encoder-decoder autoencoder for multivariate sensor windows.
+
+The encoder reads a window ``[batch, window, channels]`` and compresses its last hidden state into a
+latent vector; the decoder unrolls that vector back over the window. A window's reconstruction error
+depends only on the readings inside it, so scoring the window that ends at time ``t`` is causal.
+
+>>> import torch
+>>> model = LSTMAutoencoder(LSTMAEConfig(n_channels=3, window=20, hidden_size=16, latent_size=4))
+>>> model(torch.zeros(5, 20, 3)).shape
+torch.Size([5, 20, 3])
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LSTMAEConfig:
+    """Shape of the network; stored in every checkpoint so that the loader can rebuild it."""
+
+    n_channels: int
+    window: int = 30
+    hidden_size: int = 64
+    num_layers: int = 1
+    latent_size: int = 16
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("n_channels", "window", "hidden_size", "num_layers", "latent_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LSTMAEConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LSTMAEConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LSTMAEConfig:
+        return cls(**values)
+
+
+class LSTMAutoencoder(nn.Module):
+    """Encoder LSTM -> latent vector -> decoder LSTM -> per-step linear read-out."""
+
+    def __init__(self, config: LSTMAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        inner_dropout = config.dropout if config.num_layers > 1 else 0.0
+        self.encoder = nn.LSTM(
+            config.n_channels, config.hidden_size, config.num_layers, batch_first=True, dropout=inner_dropout
+        )
+        self.to_latent = nn.Linear(config.hidden_size, config.latent_size)
+        self.from_latent = nn.Linear(config.latent_size, config.hidden_size)
+        self.decoder = nn.LSTM(
+            config.hidden_size, config.hidden_size, config.num_layers, batch_first=True, dropout=inner_dropout
+        )
+        self.readout = nn.Linear(config.hidden_size, config.n_channels)
+
+    def encode(self, windows: torch.Tensor) -> torch.Tensor:
+        _, (hidden, _) = self.encoder(windows)  # hidden: [layers, batch, hidden]
+        return self.to_latent(hidden[-1])  # [batch, latent]
+
+    def decode(self, latent: torch.Tensor, steps: int) -> torch.Tensor:
+        seed = self.from_latent(latent).unsqueeze(1).expand(-1, steps, -1)  # [batch, steps, hidden]
+        decoded, _ = self.decoder(seed.contiguous())  # [batch, steps, hidden]
+        return self.readout(decoded)  # [batch, steps, channels]
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        """Reconstruct ``windows`` ``[batch, window, channels]``; same shape out."""
+        return self.decode(self.encode(windows), windows.shape[1])

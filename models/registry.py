@@ -1,0 +1,201 @@
+"""A directory of immutable, versioned checkpoints with an atomically moved ``current`` pointer.
+
+Layout::
+
+    registry/
+      versions/v000001/          immutable checkpoints (see models.checkpoint)
+      versions/v000002/
+      CURRENT.json               {"current": "v000002", "history": ["v000001"]}, replaced atomically
+      decisions.jsonl            one line per publish / promote / rollback, append-only
+
+``promote`` pushes the old current onto the history; ``rollback`` pops it back. Readers (the running
+consumer) only ever read ``CURRENT.json`` and an immutable version directory, so they never see a
+half-written state. A version is verified (sha256, structure) before it becomes current.
+
+>>> import tempfile
+>>> registry = ModelRegistry(Path(tempfile.mkdtemp()))
+>>> registry.current_version() is None
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from models.checkpoint import (
+    CheckpointError,
+    DataFingerprint,
+    LoadedCheckpoint,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
+from models.detector import AnomalyDetector
+
+POINTER_FILE = "CURRENT.json"
+DECISIONS_FILE = "decisions.jsonl"
+VERSION_PATTERN = re.compile(r"^v(\d{6})$")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation was refused; the message says why and what is still current."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    path: Path
+    created_at: str
+    is_current: bool
+    threshold: float | None
+    val_loss: float | None
+
+
+class ModelRegistry:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+
+    # -- reading -----------------------------------------------------------------------------
+    def _pointer(self) -> dict[str, Any]:
+        try:
+            pointer = json.loads((self.root / POINTER_FILE).read_text())
+        except FileNotFoundError:
+            return {"current": None, "history": []}
+        except json.JSONDecodeError as error:
+            raise RegistryError(
+                f"{self.root / POINTER_FILE} is corrupt ({error}); fix or remove it"
+            ) from None
+        return {"current": pointer.get("current"), "history": list(pointer.get("history", []))}
+
+    def current_version(self) -> str | None:
+        return self._pointer()["current"]
+
+    def versions(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.versions_dir.iterdir() if VERSION_PATTERN.match(p.name))
+
+    def path_of(self, version: str) -> Path:
+        if not VERSION_PATTERN.match(version):
+            raise RegistryError(f"{version!r} is not a version name (expected e.g. v000003)")
+        path = self.versions_dir / version
+        if not path.is_dir():
+            raise RegistryError(f"version {version} does not exist in {self.root}")
+        return path
+
+    def load(self, version: str | None = None, device: str = "cpu") -> LoadedCheckpoint:
+        """Load ``version`` (default: current) fully verified."""
+        version = version or self.current_version()
+        if version is None:
+            raise RegistryError(
+                f"registry {self.root} has no current model; train one with `driftline train`"
+            )
+        return load_checkpoint(self.path_of(version), device)
+
+    def list(self) -> list[VersionInfo]:
+        current = self.current_version()
+        infos = []
+        for version in self.versions():
+            path = self.versions_dir / version
+            try:
+                meta = read_metadata(path)
+            except CheckpointError:
+                infos.append(VersionInfo(version, path, "unreadable", version == current, None, None))
+                continue
+            threshold = (meta.get("threshold") or {}).get("value")
+            val_loss = (meta.get("training") or {}).get("best_val_loss")
+            infos.append(
+                VersionInfo(
+                    version, path, meta.get("created_at", "?"), version == current, threshold, val_loss
+                )
+            )
+        return infos
+
+    # -- writing -----------------------------------------------------------------------------
+    def _next_version(self) -> str:
+        numbers = [int(VERSION_PATTERN.match(v).group(1)) for v in self.versions()]  # type: ignore[union-attr]
+        return f"v{max(numbers, default=0) + 1:06d}"
+
+    def publish(
+        self,
+        detector: AnomalyDetector,
+        *,
+        fingerprint: DataFingerprint | None = None,
+        extra: dict[str, Any] | None = None,
+        promote: bool = False,
+        reason: str = "",
+    ) -> str:
+        """Write ``detector`` as a new immutable version; optionally make it current."""
+        for _ in range(5):  # another writer may take the same number; directories are created atomically
+            version = self._next_version()
+            try:
+                save_checkpoint(
+                    detector,
+                    self.versions_dir / version,
+                    fingerprint=fingerprint,
+                    extra={"version": version, **(extra or {})},
+                )
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise RegistryError(f"could not allocate a new version in {self.root}")
+        self._log("publish", version=version, reason=reason)
+        if promote:
+            self.promote(version, reason=reason or "published")
+        return version
+
+    def promote(self, version: str, reason: str = "") -> str:
+        """Make ``version`` current after verifying it loads; the old current goes on the history."""
+        try:
+            load_checkpoint(self.path_of(version))
+        except CheckpointError as error:
+            still = self.current_version() or "none"
+            raise RegistryError(f"refusing to promote {version}: {error}; still serving {still}") from None
+        pointer = self._pointer()
+        if pointer["current"] == version:
+            return version
+        history = [*pointer["history"], pointer["current"]] if pointer["current"] else pointer["history"]
+        self._write_pointer({"current": version, "history": history})
+        self._log("promote", version=version, previous=pointer["current"], reason=reason)
+        return version
+
+    def rollback(self, reason: str = "") -> str:
+        """Return to the previously current version (verified first); return its name."""
+        pointer = self._pointer()
+        if not pointer["history"]:
+            raise RegistryError(
+                f"nothing to roll back to: {pointer['current'] or 'no version'} is the first current"
+            )
+        previous = pointer["history"][-1]
+        try:
+            load_checkpoint(self.path_of(previous))
+        except CheckpointError as error:
+            raise RegistryError(
+                f"refusing to roll back to {previous}: {error}; still serving {pointer['current']}"
+            ) from None
+        self._write_pointer({"current": previous, "history": pointer["history"][:-1]})
+        self._log("rollback", version=previous, previous=pointer["current"], reason=reason)
+        return previous
+
+    def _write_pointer(self, pointer: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{POINTER_FILE}.{os.getpid()}.tmp"
+        with tmp.open("w") as handle:
+            json.dump({**pointer, "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.root / POINTER_FILE)
+
+    def _log(self, action: str, **fields: Any) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        record = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "action": action, **fields}
+        with (self.root / DECISIONS_FILE).open("a") as handle:
+            handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,156 @@
+"""Thresholds on reconstruction error, calibrated on errors of normal (validation) windows.
+
+Three rules share one protocol, ``fit(errors) -> Threshold``:
+
+- :class:`QuantileRule`: the ``q`` quantile of normal errors (at most ``1 - q`` of them lie above);
+- :class:`MeanStdRule`: ``mean + k * std``;
+- :class:`PeaksOverThresholdRule`: extreme-value rule (SPOT, Siffer et al. 2017): a generalized Pareto
+  distribution is fitted to the excesses over a high initial quantile and the threshold is set where
+  the tail probability is ``risk``.
+
+:class:`AlarmFilter` adds alarm hygiene: raise only when ``k`` of the last ``n`` windows are over.
+
+>>> import numpy as np
+>>> errors = np.random.default_rng(0).exponential(1.0, 5000)
+>>> round(QuantileRule(0.99).fit(errors).value, 2)
+4.72
+>>> AlarmFilter(k=2, n=3).apply(np.array([1, 0, 0, 1, 1, 0, 1])).tolist()
+[False, False, False, False, True, True, True]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A calibrated threshold: its value and the rule (name and parameters) that produced it."""
+
+    value: float
+    rule: str
+    params: dict[str, float] = field(default_factory=dict)
+    calibration_size: int = 0
+
+    def exceeded(self, errors: np.ndarray) -> np.ndarray:
+        return np.asarray(errors) > self.value
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Threshold:
+        value = float(values["value"])
+        if not np.isfinite(value):
+            raise ValueError("threshold value must be finite")
+        return cls(
+            value, str(values["rule"]), dict(values.get("params", {})), int(values.get("calibration_size", 0))
+        )
+
+
+@runtime_checkable
+class ThresholdRule(Protocol):
+    name: str
+
+    def fit(self, errors: np.ndarray) -> Threshold: ...
+
+
+def _clean(errors: np.ndarray) -> np.ndarray:
+    errors = np.asarray(errors, dtype=np.float64).ravel()
+    errors = errors[np.isfinite(errors)]
+    if errors.size < 2:
+        raise ValueError("need at least two finite calibration errors to fit a threshold")
+    return errors
+
+
+@dataclass(frozen=True)
+class QuantileRule:
+    q: float = 0.99
+    name: str = "quantile"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.q < 1.0:
+            raise ValueError(f"quantile q must be in (0, 1), got {self.q}")
+
+    def fit(self, errors: np.ndarray) -> Threshold:
+        errors = _clean(errors)
+        # "higher": a sample value, so at most 1 - q of the calibration errors lie above it
+        return Threshold(
+            float(np.quantile(errors, self.q, method="higher")), self.name, {"q": self.q}, errors.size
+        )
+
+
+@dataclass(frozen=True)
+class MeanStdRule:
+    k: float = 3.0
+    name: str = "mean_std"
+
+    def fit(self, errors: np.ndarray) -> Threshold:
+        errors = _clean(errors)
+        return Threshold(float(errors.mean() + self.k * errors.std()), self.name, {"k": self.k}, errors.size)
+
+
+@dataclass(frozen=True)
+class PeaksOverThresholdRule:
+    """SPOT: GPD fitted to excesses over the ``initial_quantile``; threshold at tail probability ``risk``."""
+
+    risk: float = 1e-3
+    initial_quantile: float = 0.98
+    name: str = "pot"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.risk < 1.0 - self.initial_quantile:
+            raise ValueError("risk must be in (0, 1 - initial_quantile)")
+
+    def fit(self, errors: np.ndarray) -> Threshold:
+        errors = _clean(errors)
+        initial = float(np.quantile(errors, self.initial_quantile))
+        excesses = errors[errors > initial] - initial
+        params = {"risk": self.risk, "initial_quantile": self.initial_quantile}
+        if excesses.size < 5 or np.ptp(excesses) == 0:
+            # Too few peaks to fit a tail: fall back to the initial quantile, and say so in the params.
+            return Threshold(initial, self.name, {**params, "fallback": 1.0}, errors.size)
+        shape, _, scale = stats.genpareto.fit(excesses, floc=0.0)
+        ratio = self.risk * errors.size / excesses.size
+        if abs(shape) < 1e-6:
+            value = initial - scale * np.log(ratio)
+        else:
+            value = initial + scale / shape * (ratio ** (-shape) - 1.0)
+        value = float(max(value, initial))
+        return Threshold(
+            value, self.name, {**params, "gpd_shape": float(shape), "gpd_scale": float(scale)}, errors.size
+        )
+
+
+RULES: dict[str, type] = {"quantile": QuantileRule, "mean_std": MeanStdRule, "pot": PeaksOverThresholdRule}
+
+
+def make_rule(name: str, **params: float) -> ThresholdRule:
+    """Build a rule by name, e.g. ``make_rule("pot", risk=1e-3)``."""
+    try:
+        return RULES[name](**params)  # type: ignore[no-any-return]
+    except KeyError:
+        raise ValueError(f"unknown threshold rule {name!r}; choose one of {sorted(RULES)}") from None
+
+
+@dataclass(frozen=True)
+class AlarmFilter:
+    """Raise an alarm at window ``t`` only if at least ``k`` of windows ``t-n+1..t`` exceed (causal)."""
+
+    k: int = 1
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.n:
+            raise ValueError(f"need 1 <= k <= n, got k={self.k}, n={self.n}")
+
+    def apply(self, exceeded: np.ndarray) -> np.ndarray:
+        hits = np.asarray(exceeded, dtype=np.int64)
+        if self.n == 1:
+            return hits.astype(bool)
+        counts = np.convolve(hits, np.ones(self.n, dtype=np.int64))[: hits.size]
+        return counts >= self.k

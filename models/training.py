@@ -1,0 +1,184 @@
+"""Training loop for the LSTM autoencoder: time-ordered validation split, early stopping, clipping,
+LR schedule on plateau, seeded determinism, AMP on CUDA, a progress bar, and fine-tuning.
+
+>>> import numpy as np
+>>> from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
+>>> windows = np.zeros((64, 10, 2), dtype=np.float32)
+>>> model = LSTMAutoencoder(LSTMAEConfig(n_channels=2, window=10, hidden_size=8, latent_size=2))
+>>> result = train_autoencoder(model, windows, TrainingConfig(epochs=2, progress=False))
+>>> len(result.history), result.device
+(2, 'cpu')
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    val_fraction: float = 0.2
+    patience: int = 10
+    grad_clip: float = 1.0
+    lr_decay_patience: int = 4
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainingResult:
+    """What training produced besides the weights: curves, the best epoch, validation window errors."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = float("inf")
+    device: str = "cpu"
+    seconds: float = 0.0
+    n_train_windows: int = 0
+    n_val_windows: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+    return device
+
+
+def split_in_time(windows: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Last ``val_fraction`` of windows (in time order) for validation, the rest for training.
+
+    Windows that overlap the boundary are dropped from training so no validation reading is trained on.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError("val_fraction must be in (0, 1)")
+    n_val = max(1, round(len(windows) * val_fraction))
+    overlap = windows.shape[1] - 1
+    n_train = len(windows) - n_val - overlap
+    if n_train < 1:
+        raise ValueError(
+            f"{len(windows)} windows of length {windows.shape[1]} are too few for a time-ordered "
+            f"train/validation split with val_fraction={val_fraction}; give more data or shorter windows"
+        )
+    return windows[:n_train], windows[len(windows) - n_val :]
+
+
+def _batches(data: torch.Tensor, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    order = (
+        torch.randperm(len(data), generator=generator) if generator is not None else torch.arange(len(data))
+    )
+    return [data[order[i : i + batch_size]] for i in range(0, len(data), batch_size)]
+
+
+def _mean_loss(model: nn.Module, data: torch.Tensor, batch_size: int) -> float:
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for batch in _batches(data, batch_size, None):
+            total += float(nn.functional.mse_loss(model(batch), batch, reduction="sum"))
+    return total / data.numel()
+
+
+def train_autoencoder(
+    model: nn.Module,
+    windows: np.ndarray,
+    config: TrainingConfig = TrainingConfig(),
+    val_windows: np.ndarray | None = None,
+) -> TrainingResult:
+    """Fit ``model`` to reconstruct ``windows`` ``[n, window, channels]`` (already scaled, finite).
+
+    Validation is the time-ordered tail of ``windows`` unless ``val_windows`` is given. The weights of
+    the best validation epoch are restored at the end. Passing an already-trained model fine-tunes it.
+    """
+    if not np.isfinite(windows).all():
+        raise ValueError(
+            "training windows contain NaN/inf; drop them first (models.preprocessing.finite_windows)"
+        )
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    device = resolve_device(config.device)
+    train_np, val_np = (
+        (windows, val_windows) if val_windows is not None else split_in_time(windows, config.val_fraction)
+    )
+    train = torch.as_tensor(np.ascontiguousarray(train_np), dtype=torch.float32, device=device)
+    val = torch.as_tensor(np.ascontiguousarray(val_np), dtype=torch.float32, device=device)
+
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=0.5, patience=config.lr_decay_patience
+    )
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    result = TrainingResult(device=str(device), n_train_windows=len(train), n_val_windows=len(val))
+    best_state = copy.deepcopy(model.state_dict())
+    started = time.perf_counter()
+    epochs = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not config.progress)
+    stale = 0
+    for epoch in epochs:
+        model.train()
+        train_loss, seen = 0.0, 0
+        for batch in _batches(train, config.batch_size, generator):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                loss = nn.functional.mse_loss(model(batch), batch)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            train_loss += float(loss.detach()) * len(batch)
+            seen += len(batch)
+        val_loss = _mean_loss(model, val, config.batch_size * 4)
+        scheduler.step(val_loss)
+        lr = optimizer.param_groups[0]["lr"]
+        result.history.append(
+            {"epoch": epoch, "train_loss": train_loss / seen, "val_loss": val_loss, "lr": lr}
+        )
+        epochs.set_postfix(train=f"{train_loss / seen:.4f}", val=f"{val_loss:.4f}", lr=f"{lr:.1e}")
+        if val_loss < result.best_val_loss - 1e-7:
+            result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= config.patience:
+                log.info(
+                    "early stop at epoch %d (best %d, val %.5f)",
+                    epoch,
+                    result.best_epoch,
+                    result.best_val_loss,
+                )
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    return result

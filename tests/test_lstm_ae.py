@@ -1,0 +1,143 @@
+"""Network shapes, training behaviour, scoring and the detector verbs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.detector import AnomalyDetector, ThresholdNotSetError
+from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
+from models.preprocessing import StandardScaler
+from models.scoring import reconstruction_errors
+from models.threshold import QuantileRule
+from models.training import TrainingConfig, split_in_time, train_autoencoder
+
+FAST = TrainingConfig(epochs=25, batch_size=32, patience=25, progress=False)
+
+
+def multichannel_signal(rows: int = 1200, seed: int = 0) -> np.ndarray:
+    """Three correlated channels with seasonality and noise, like a pump's flow, pressure, current."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(rows, dtype=np.float64)
+    base = np.sin(2 * np.pi * t / 50)
+    return np.stack(
+        [10 + 2 * base, 5 + base + 0.5 * np.cos(2 * np.pi * t / 17), 1 + 0.8 * base], axis=1
+    ) + rng.normal(0, 0.05, (rows, 3))
+
+
+@pytest.mark.parametrize(("layers", "dropout"), [(1, 0.0), (2, 0.2)])
+def test_output_shape_matches_input(layers: int, dropout: float) -> None:
+    config = LSTMAEConfig(
+        n_channels=4, window=12, hidden_size=8, num_layers=layers, latent_size=3, dropout=dropout
+    )
+    model = LSTMAutoencoder(config)
+    assert model(torch.randn(7, 12, 4)).shape == (7, 12, 4)
+    assert model.encode(torch.randn(7, 12, 4)).shape == (7, 3)
+
+
+def test_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="window"):
+        LSTMAEConfig(n_channels=2, window=0)
+    with pytest.raises(ValueError, match="dropout"):
+        LSTMAEConfig(n_channels=2, dropout=1.0)
+
+
+def test_training_lowers_validation_loss_on_a_multichannel_signal() -> None:
+    readings = StandardScaler.fit(multichannel_signal()).transform(multichannel_signal())
+    windows = np.lib.stride_tricks.sliding_window_view(readings, 25, axis=0).transpose(0, 2, 1)
+    model = LSTMAutoencoder(LSTMAEConfig(n_channels=3, window=25, hidden_size=32, latent_size=8))
+    result = train_autoencoder(model, windows, FAST)
+    first, best = result.history[0]["val_loss"], result.best_val_loss
+    assert best < 0.5 * first, f"validation loss only went from {first:.3f} to {best:.3f}"
+    assert result.history[result.best_epoch - 1]["val_loss"] == best
+
+
+def test_training_is_deterministic_for_a_seed() -> None:
+    windows = np.random.default_rng(1).normal(size=(80, 10, 2)).astype(np.float32)
+    losses = []
+    for _ in range(2):
+        model = LSTMAutoencoder(LSTMAEConfig(n_channels=2, window=10, hidden_size=8, latent_size=2))
+        torch.manual_seed(0)
+        losses.append(
+            [
+                h["val_loss"]
+                for h in train_autoencoder(model, windows, TrainingConfig(epochs=3, progress=False)).history
+            ]
+        )
+    assert losses[0] == losses[1]
+
+
+def test_time_split_keeps_validation_after_training_without_overlap() -> None:
+    windows = np.arange(100 * 5 * 1, dtype=np.float32).reshape(100, 5, 1)
+    train, val = split_in_time(windows, 0.2)
+    assert len(val) == 20
+    assert train[-1, -1, 0] < val[0, 0, 0]  # last training reading comes before the first validation one
+
+
+def test_training_refuses_non_finite_windows() -> None:
+    windows = np.zeros((50, 5, 1), dtype=np.float32)
+    windows[3, 2, 0] = np.nan
+    model = LSTMAutoencoder(LSTMAEConfig(n_channels=1, window=5, hidden_size=4, latent_size=2))
+    with pytest.raises(ValueError, match="NaN"):
+        train_autoencoder(model, windows, FAST)
+
+
+def test_channel_errors_average_to_window_error() -> None:
+    model = LSTMAutoencoder(LSTMAEConfig(n_channels=3, window=8, hidden_size=8, latent_size=2))
+    scores = reconstruction_errors(
+        model, np.random.default_rng(0).normal(size=(9, 8, 3)).astype(np.float32), 4
+    )
+    np.testing.assert_allclose(scores.channel_error.mean(axis=1), scores.error, rtol=1e-5)
+
+
+def test_detector_flags_an_injected_fault_and_names_its_channel() -> None:
+    normal = multichannel_signal(1500)
+    detector = AnomalyDetector.fit(
+        normal, window=25, hidden_size=32, latent_size=8, training=FAST, rule=QuantileRule(0.995)
+    )
+    test = multichannel_signal(600, seed=1)
+    test[300:360, 1] += 3.0  # pressure channel jumps for a minute
+    detection = detector.predict(test)
+    flags = detection.row_flags(len(test))
+    assert flags[305:360].mean() > 0.8, "the fault should be flagged for most of its duration"
+    assert flags[:280].mean() < 0.05, "normal operation should rarely alarm"
+    worst = int(np.nanargmax(detection.error))
+    assert int(np.argmax(detection.channel_error[worst])) == 1
+
+
+def test_non_finite_readings_reject_only_their_windows() -> None:
+    detector = AnomalyDetector.fit(
+        multichannel_signal(600),
+        window=10,
+        hidden_size=8,
+        latent_size=2,
+        training=TrainingConfig(epochs=2, progress=False),
+    )
+    readings = multichannel_signal(100, seed=2)
+    readings[50, 0] = np.inf
+    ends, scores = detector.score(readings)
+    rejected = ends[np.isnan(scores.error)]
+    assert rejected.tolist() == list(range(50, 60))
+
+
+def test_predict_before_threshold_is_a_named_error() -> None:
+    detector = AnomalyDetector.fit(
+        multichannel_signal(400),
+        window=10,
+        hidden_size=8,
+        latent_size=2,
+        training=TrainingConfig(epochs=1, progress=False),
+    )
+    detector.threshold = None
+    with pytest.raises(ThresholdNotSetError):
+        detector.predict(multichannel_signal(50))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU/GPU parity needs a CUDA device")
+def test_cpu_and_gpu_scores_agree() -> None:
+    model = LSTMAutoencoder(LSTMAEConfig(n_channels=3, window=16, hidden_size=16, latent_size=4))
+    windows = np.random.default_rng(0).normal(size=(64, 16, 3)).astype(np.float32)
+    cpu = reconstruction_errors(model.cpu(), windows)
+    gpu = reconstruction_errors(model.cuda(), windows)
+    np.testing.assert_allclose(cpu.error, gpu.error, rtol=1e-3, atol=1e-5)
