@@ -17,9 +17,11 @@ threshold on held-out windows; :meth:`~AnomalyDetector.score` returns window err
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
@@ -27,6 +29,24 @@ from models.preprocessing import StandardScaler, finite_windows, sliding_windows
 from models.scoring import WindowScores, reconstruction_errors
 from models.threshold import AlarmFilter, QuantileRule, Threshold, ThresholdRule
 from models.training import TrainingConfig, TrainingResult, resolve_device, split_in_time, train_autoencoder
+
+
+def _train_val_windows(
+    segments: Sequence[np.ndarray], scaler: StandardScaler, window: int, val_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Finite windows of every segment, each split in time; concatenated train and validation parts."""
+    train_parts, val_parts = [], []
+    for segment in segments:
+        windows = sliding_windows(scaler.transform(segment), window)
+        windows = windows[finite_windows(windows)]
+        if len(windows) == 0:
+            continue
+        train, val = split_in_time(windows, val_fraction)
+        train_parts.append(train)
+        val_parts.append(val)
+    if not train_parts:
+        raise ValueError(f"no segment has a full finite window of {window} readings to train on")
+    return np.concatenate(train_parts), np.concatenate(val_parts)
 
 
 class ThresholdNotSetError(RuntimeError):
@@ -43,6 +63,23 @@ class Detection:
     exceeded: np.ndarray  # [n] bool
     alarm: np.ndarray  # [n] bool, after the k-of-n filter
     threshold: float
+
+    def to_frame(self, timestamps: pd.Index, window: int, channels: Sequence[str]) -> pd.DataFrame:
+        """One row per window: start/end time, error, threshold, flags and per-channel errors."""
+        start_rows = self.window_end_row - (window - 1)
+        frame = pd.DataFrame(
+            {
+                "window_start": np.asarray(timestamps)[start_rows],
+                "window_end": np.asarray(timestamps)[self.window_end_row],
+                "error": self.error,
+                "threshold": self.threshold,
+                "exceeded": self.exceeded,
+                "anomaly": self.alarm,
+            }
+        )
+        for i, channel in enumerate(channels):
+            frame[f"error_{channel}"] = self.channel_error[:, i]
+        return frame
 
     def row_flags(self, n_rows: int) -> np.ndarray:
         """Alarms as per-row flags ``[n_rows]``: row ``t`` takes the alarm of the window ending at ``t``."""
@@ -79,7 +116,7 @@ class AnomalyDetector:
     @classmethod
     def fit(
         cls,
-        readings: np.ndarray,
+        readings: np.ndarray | Sequence[np.ndarray],
         *,
         window: int = 30,
         hidden_size: int = 64,
@@ -88,27 +125,37 @@ class AnomalyDetector:
         dropout: float = 0.0,
         training: TrainingConfig = TrainingConfig(),
         rule: ThresholdRule = QuantileRule(0.99),
+        threshold_margin: float = 1.0,
         alarm: AlarmFilter = AlarmFilter(),
         channels: tuple[str, ...] | None = None,
     ) -> AnomalyDetector:
-        """Train on normal ``readings`` ``[time, channels]``; calibrate ``rule`` on held-out windows."""
-        scaler = StandardScaler.fit(readings)
-        windows = sliding_windows(scaler.transform(readings), window)
-        windows = windows[finite_windows(windows)]
-        train, val = split_in_time(windows, training.val_fraction)
-        config = LSTMAEConfig(readings.shape[1], window, hidden_size, num_layers, latent_size, dropout)
+        """Train on normal ``readings`` ``[time, channels]``; calibrate ``rule`` on held-out windows.
+
+        ``readings`` may also be a list of segments (one per sensor or per file): windows never cross
+        a segment boundary and each segment's time-ordered tail goes to validation.
+
+        The calibrated threshold is multiplied by ``threshold_margin`` (>1 trades misses for fewer
+        false alarms when normal operation outside the training period varies more than inside it).
+        """
+        segments = [readings] if isinstance(readings, np.ndarray) else list(readings)
+        scaler = StandardScaler.fit(np.concatenate(segments))
+        train, val = _train_val_windows(segments, scaler, window, training.val_fraction)
+        config = LSTMAEConfig(segments[0].shape[1], window, hidden_size, num_layers, latent_size, dropout)
         model = LSTMAutoencoder(config)
         result = train_autoencoder(model, train, training, val_windows=val)
         detector = cls(model, scaler, alarm=alarm, channels=channels, training=result)
-        detector.threshold = rule.fit(reconstruction_errors(model, val).error)
+        detector.threshold = rule.fit(reconstruction_errors(model, val).error).with_margin(threshold_margin)
         return detector
 
     def fine_tune(
-        self, readings: np.ndarray, training: TrainingConfig, rule: ThresholdRule | None = None
+        self,
+        readings: np.ndarray | Sequence[np.ndarray],
+        training: TrainingConfig,
+        rule: ThresholdRule | None = None,
     ) -> TrainingResult:
         """Continue training on new normal ``readings`` (scaler kept); recalibrate if ``rule`` is given."""
-        windows = sliding_windows(self.scaler.transform(readings), self.window)
-        train, val = split_in_time(windows[finite_windows(windows)], training.val_fraction)
+        segments = [readings] if isinstance(readings, np.ndarray) else list(readings)
+        train, val = _train_val_windows(segments, self.scaler, self.window, training.val_fraction)
         self.training = train_autoencoder(self.model, train, training, val_windows=val)
         if rule is not None:
             self.threshold = rule.fit(reconstruction_errors(self.model, val).error)

@@ -36,6 +36,16 @@ class Threshold:
     params: dict[str, float] = field(default_factory=dict)
     calibration_size: int = 0
 
+    def with_margin(self, margin: float) -> Threshold:
+        """The same threshold multiplied by a safety ``margin`` (recorded in the params)."""
+        if margin <= 0:
+            raise ValueError(f"threshold margin must be positive, got {margin}")
+        if margin == 1.0:
+            return self
+        return Threshold(
+            self.value * margin, self.rule, {**self.params, "margin": margin}, self.calibration_size
+        )
+
     def exceeded(self, errors: np.ndarray) -> np.ndarray:
         return np.asarray(errors) > self.value
 

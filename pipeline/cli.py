@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from pipeline import __version__
 from pipeline.config import ConfigError, DriftlineConfig, load_config
@@ -157,6 +158,236 @@ def kafka_status(app: _AppContext) -> None:
         click.echo("not running")
         sys.exit(1)
     click.echo(f"running: Apache Kafka {state.version} at {state.bootstrap_servers} (pid {state.pid})")
+
+
+def _device_option(function):  # type: ignore[no-untyped-def]
+    return click.option("--device", default=None, help="Override model.device: auto, cpu, cuda, cuda:1 ...")(
+        function
+    )
+
+
+@cli.command()
+@click.option(
+    "--data",
+    "data_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="CSV or Parquet file(s) of normal operation (repeatable; each file is one segment).",
+)
+@click.option(
+    "--channels", default=None, help="Comma-separated channel columns (default: every numeric one)."
+)
+@click.option("--rows", type=int, default=None, help="Use only the first N rows of each file.")
+@click.option("--promote/--no-promote", default=True, show_default=True, help="Make the new version current.")
+@_device_option
+@pass_app
+def train(
+    app: _AppContext,
+    data_paths: tuple[Path, ...],
+    channels: str | None,
+    rows: int | None,
+    promote: bool,
+    device: str | None,
+) -> None:
+    """Train a detector on normal data and publish it to the model registry."""
+    from dataclasses import replace
+
+    from models.checkpoint import DataFingerprint
+    from models.data_io import channel_columns, read_readings
+    from models.detector import AnomalyDetector
+    from models.registry import ModelRegistry
+    from models.threshold import AlarmFilter, make_rule
+
+    config = app.config
+    settings = config.model
+    frames = [read_readings(path).iloc[:rows] for path in data_paths]
+    names = channel_columns(frames[0], channels.split(",") if channels else None)
+    segments = [frame[names].to_numpy(dtype=float) for frame in frames]
+    training = replace(config.training, device=device or settings.device)
+    detector = AnomalyDetector.fit(
+        segments,
+        window=settings.window,
+        hidden_size=settings.hidden_size,
+        latent_size=settings.latent_size,
+        num_layers=settings.num_layers,
+        dropout=settings.dropout,
+        training=training,
+        rule=make_rule(settings.threshold_rule, **settings.threshold_params),
+        threshold_margin=settings.threshold_margin,
+        alarm=AlarmFilter(settings.alarm_k, settings.alarm_n),
+        channels=tuple(names),
+    )
+    fingerprint = DataFingerprint.of(
+        np.concatenate(segments),
+        sources=[str(p) for p in data_paths],
+        start=str(min(f.index.min() for f in frames)),
+        end=str(max(f.index.max() for f in frames)),
+    )
+    registry = ModelRegistry(config.registry_dir)
+    version = registry.publish(detector, fingerprint=fingerprint, promote=promote, reason="driftline train")
+    result, threshold = detector.training, detector.threshold
+    assert result is not None
+    assert threshold is not None
+    click.echo(
+        f"trained {version} on {fingerprint.rows:,} readings x {len(names)} channels "
+        f"({result.n_train_windows:,} train / {result.n_val_windows:,} validation windows, "
+        f"best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}, "
+        f"{result.seconds:.1f}s on {result.device})\n"
+        f"threshold {threshold.value:.4f} ({threshold.rule} {threshold.params})\n"
+        f"registry {config.registry_dir} current={registry.current_version()}"
+    )
+
+
+@cli.command()
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Parquet file of window scores to write.",
+)
+@click.option("--version", default=None, help="Model version (default: current).")
+@_device_option
+@pass_app
+def score(app: _AppContext, data_path: Path, out_path: Path, version: str | None, device: str | None) -> None:
+    """Score every window of a CSV/Parquet file with a registry model; write window scores to Parquet."""
+    from models.data_io import read_readings
+    from models.registry import ModelRegistry, RegistryError
+    from models.training import resolve_device
+
+    registry = ModelRegistry(app.config.registry_dir)
+    try:
+        loaded = registry.load(version, device=str(resolve_device(device or app.config.model.device)))
+    except RegistryError as error:
+        raise click.ClickException(str(error)) from None
+    detector = loaded.detector
+    frame = read_readings(data_path)
+    detection = detector.predict(frame[list(detector.channels)].to_numpy(dtype=float))
+    scores = detection.to_frame(frame.index, detector.window, detector.channels)
+    scores["model_version"] = loaded.metadata.get("version", loaded.path.name)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    scores.to_parquet(out_path, index=False)
+    click.echo(
+        f"scored {len(scores):,} windows with {scores['model_version'].iloc[0]}: "
+        f"{int(scores['anomaly'].sum()):,} flagged anomalous -> {out_path}"
+    )
+
+
+@cli.group()
+def model() -> None:
+    """List, promote and roll back model versions in the registry."""
+
+
+@model.command("list")
+@pass_app
+def model_list(app: _AppContext) -> None:
+    """Every version, newest last; * marks the current one."""
+    from models.registry import ModelRegistry
+
+    infos = ModelRegistry(app.config.registry_dir).list()
+    if not infos:
+        click.echo(f"no versions in {app.config.registry_dir}; train one with `driftline train`")
+        return
+    click.echo(f"  {'version':10s} {'created':26s} {'threshold':>10s} {'val loss':>10s}")
+    for info in infos:
+        threshold = f"{info.threshold:.4f}" if info.threshold is not None else "-"
+        val_loss = f"{info.val_loss:.4f}" if info.val_loss is not None else "-"
+        marker = "*" if info.is_current else " "
+        click.echo(f"{marker} {info.version:10s} {info.created_at:26s} {threshold:>10s} {val_loss:>10s}")
+
+
+@model.command("promote")
+@click.argument("version")
+@pass_app
+def model_promote(app: _AppContext, version: str) -> None:
+    """Make VERSION current (verified first)."""
+    from models.registry import ModelRegistry, RegistryError
+
+    try:
+        ModelRegistry(app.config.registry_dir).promote(version, reason="driftline model promote")
+    except RegistryError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"current model is now {version}")
+
+
+@model.command("rollback")
+@pass_app
+def model_rollback(app: _AppContext) -> None:
+    """Return to the previously current version."""
+    from models.registry import ModelRegistry, RegistryError
+
+    try:
+        version = ModelRegistry(app.config.registry_dir).rollback(reason="driftline model rollback")
+    except RegistryError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"rolled back; current model is now {version}")
+
+
+@cli.group()
+def benchmark() -> None:
+    """Benchmarks that print a table (and, with --json, one JSON object as the last line)."""
+
+
+@benchmark.command("skab")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SKAB folder (default: benchmarks.skab_dir).",
+)
+@click.option("--limit", type=int, default=None, help="Only the first N experiment files (quick look).")
+@click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
+@pass_app
+def benchmark_skab(app: _AppContext, data_dir: Path | None, limit: int | None, as_json: bool) -> None:
+    """SKAB outlier and changepoint detection under the published protocols."""
+    from models.skab import SkabParams, format_report, run_benchmark
+
+    root = data_dir or app.config.benchmarks.skab_dir
+    if not root.is_dir():
+        raise click.ClickException(
+            f"SKAB data not found at {root}; pass --data-dir or set DRIFTLINE_BENCHMARKS__SKAB_DIR"
+        )
+    params = SkabParams()
+    with tqdm_files(limit or 34) as progress:
+        report = run_benchmark(root, params, on_file=lambda result: progress.update(1), limit=limit)
+    click.echo(format_report(report))
+    if as_json:
+        click.echo(json.dumps(report.headline()))
+
+
+def tqdm_files(total: int):  # type: ignore[no-untyped-def]
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="SKAB files", unit="file")
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: <data_dir>/demo).",
+)
+@click.option("--epochs", type=int, default=None, help="Training epochs (default: training.epochs).")
+@pass_app
+def demo(app: _AppContext, out_dir: Path | None, epochs: int | None) -> None:
+    """Run the pipeline end to end on a simulated fleet, with no external services."""
+    import shutil
+    from dataclasses import replace
+
+    from pipeline.demo import run_demo
+
+    config = app.config
+    out_dir = out_dir or config.data_dir / "demo"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    training = replace(config.training, epochs=epochs or config.training.epochs, device=config.model.device)
+    click.echo(f"driftline demo: simulating a fleet, training, scoring -> {out_dir}")
+    summary = run_demo(config, out_dir, training=training)
+    click.echo("\n".join(["", "summary", *("  " + line for line in summary.lines())]))
 
 
 def main() -> None:

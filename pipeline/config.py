@@ -26,6 +26,8 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from models.training import TrainingConfig
+
 ENV_PREFIX = "DRIFTLINE_"
 ENV_NESTING = "__"
 # Environment variables with the prefix that are about *where* the config lives, not config keys.
@@ -95,6 +97,29 @@ class LocalKafkaSettings(_Section):
     start_timeout_s: float = Field(90.0, gt=0)
 
 
+class ModelSettings(_Section):
+    """Shape of the LSTM autoencoder, its threshold rule and where versions are kept."""
+
+    registry_dir: Path | None = Field(None, description="Model registry; default <data_dir>/registry.")
+    window: int = Field(30, ge=2, description="Readings per window (at ~1 Hz, seconds).")
+    hidden_size: int = Field(32, ge=1)
+    latent_size: int = Field(8, ge=1)
+    num_layers: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    threshold_rule: Literal["quantile", "mean_std", "pot"] = "quantile"
+    threshold_params: dict[str, float] = Field(default_factory=lambda: {"q": 0.99})
+    threshold_margin: float = Field(1.0, gt=0.0, description="Multiplier on the calibrated threshold.")
+    alarm_k: int = Field(1, ge=1, description="Alarm when alarm_k of the last alarm_n windows exceed.")
+    alarm_n: int = Field(1, ge=1)
+    device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+
+
+class BenchmarkSettings(_Section):
+    skab_dir: Path = Field(
+        Path("../shared/data/skab"), description="SKAB v0.9 folder (valve1, valve2, other)."
+    )
+
+
 class DriftlineConfig(_Section):
     """Everything a driftline process can be told; see README's configuration reference."""
 
@@ -102,6 +127,13 @@ class DriftlineConfig(_Section):
     data_dir: Path = Field(Path("runs"), description="Root of error logs, registry and state.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     local_kafka: LocalKafkaSettings = Field(default_factory=LocalKafkaSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    benchmarks: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.model.registry_dir or self.data_dir / "registry"
 
     def to_display_dict(self) -> dict[str, Any]:
         """The effective config as plain data, secrets replaced by a mask, ``None`` values left out."""
@@ -209,7 +241,8 @@ def _describe(error: ValidationError, origins: Mapping[tuple[str, ...], str]) ->
         loc = tuple(str(part) for part in item["loc"])
         source = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), "defaults")
         key = ".".join(loc) or "<root>"
-        reason = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        unknown = item["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+        reason = "unknown key" if unknown else item["msg"]
         lines.append(f"  {key}: {reason} (input {item.get('input')!r}, from {source})")
     return "\n".join(lines)
 

@@ -109,10 +109,15 @@ def fetch_kafka_jars(cache_dir: Path, maven: str = "mvn") -> Path:
     staging = release_dir / f"libs.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     command = [
-        maven, "-B", "-q", "-f", str(pom),
+        maven,
+        "-B",
+        "-q",
+        "-f",
+        str(pom),
         f"{MAVEN_DEPENDENCY_PLUGIN}:copy-dependencies",
-        f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
-    ]  # fmt: skip
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
+    ]
     log.info("fetching Apache Kafka %s broker jars with Maven into %s", KAFKA_VERSION, libs)
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
