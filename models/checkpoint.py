@@ -116,9 +116,7 @@ def save_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         weights = staging / WEIGHTS_FILE
-        state = {
-            name: tensor.detach().cpu().contiguous() for name, tensor in detector.model.state_dict().items()
-        }
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in detector.model.state_dict().items()}
         save_file(state, str(weights))
         metadata = {
             "format": FORMAT,
@@ -193,9 +191,7 @@ def load_checkpoint(path: Path, device: str = "cpu") -> LoadedCheckpoint:
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as error:
         raise CheckpointError(f"checkpoint {path} does not describe a valid detector: {error}") from None
     if len(channels) != config.n_channels:
-        raise CheckpointError(
-            f"checkpoint {path}: {len(channels)} channel names for {config.n_channels} channels"
-        )
+        raise CheckpointError(f"checkpoint {path}: {len(channels)} channel names for {config.n_channels} channels")
     model.to(device).eval()
     detector = AnomalyDetector(model, scaler, threshold, alarm, channels)
     return LoadedCheckpoint(detector, metadata, path)

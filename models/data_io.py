@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 TIME_COLUMNS = ("datetime", "timestamp", "time", "ts")
-LABEL_COLUMNS = ("anomaly", "changepoint", "label", "is_anomaly")
+LABEL_COLUMNS = ("anomaly", "anomaly_kind", "changepoint", "label", "is_anomaly", "regime")
 
 
 def _sniff_separator(head: str) -> str:
@@ -53,7 +53,7 @@ def channel_columns(frame: pd.DataFrame, channels: list[str] | None = None) -> l
             raise ValueError(f"channels {missing} not in the data; columns are {list(frame.columns)}")
         return list(channels)
     numeric = frame.select_dtypes("number").columns
-    found = [c for c in numeric if c.lower() not in LABEL_COLUMNS]
+    found = [c for c in numeric if c.lower() not in LABEL_COLUMNS and frame[c].notna().any()]
     if not found:
         raise ValueError("no numeric sensor columns found; name them with --channels")
     return found

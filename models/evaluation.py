@@ -74,9 +74,7 @@ def _nab_scale(
     return float((a_tp - a_fp) / 2 * -np.tanh(x) / np.tanh(np.pi / 2) + (a_tp - a_fp) / 2 + a_fp)
 
 
-def _detection_windows(
-    changepoints: pd.Series, width: pd.Timedelta
-) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+def _detection_windows(changepoints: pd.Series, width: pd.Timedelta) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
     """Right-side windows ``[cp, cp + width]``; a window overlapping the next is cut at the previous end."""
     windows: list[list[pd.Timestamp]] = [[t, t + width] for t in changepoints[changepoints == 1].index]
     for previous, current in itertools.pairwise(windows):

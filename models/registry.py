@@ -69,9 +69,7 @@ class ModelRegistry:
         except FileNotFoundError:
             return {"current": None, "history": []}
         except json.JSONDecodeError as error:
-            raise RegistryError(
-                f"{self.root / POINTER_FILE} is corrupt ({error}); fix or remove it"
-            ) from None
+            raise RegistryError(f"{self.root / POINTER_FILE} is corrupt ({error}); fix or remove it") from None
         return {"current": pointer.get("current"), "history": list(pointer.get("history", []))}
 
     def current_version(self) -> str | None:
@@ -94,9 +92,7 @@ class ModelRegistry:
         """Load ``version`` (default: current) fully verified."""
         version = version or self.current_version()
         if version is None:
-            raise RegistryError(
-                f"registry {self.root} has no current model; train one with `driftline train`"
-            )
+            raise RegistryError(f"registry {self.root} has no current model; train one with `driftline train`")
         return load_checkpoint(self.path_of(version), device)
 
     def list(self) -> list[VersionInfo]:
@@ -112,9 +108,7 @@ class ModelRegistry:
             threshold = (meta.get("threshold") or {}).get("value")
             val_loss = (meta.get("training") or {}).get("best_val_loss")
             infos.append(
-                VersionInfo(
-                    version, path, meta.get("created_at", "?"), version == current, threshold, val_loss
-                )
+                VersionInfo(version, path, meta.get("created_at", "?"), version == current, threshold, val_loss)
             )
         return infos
 
@@ -171,9 +165,7 @@ class ModelRegistry:
         """Return to the previously current version (verified first); return its name."""
         pointer = self._pointer()
         if not pointer["history"]:
-            raise RegistryError(
-                f"nothing to roll back to: {pointer['current'] or 'no version'} is the first current"
-            )
+            raise RegistryError(f"nothing to roll back to: {pointer['current'] or 'no version'} is the first current")
         previous = pointer["history"][-1]
         try:
             load_checkpoint(self.path_of(previous))

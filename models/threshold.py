@@ -42,9 +42,7 @@ class Threshold:
             raise ValueError(f"threshold margin must be positive, got {margin}")
         if margin == 1.0:
             return self
-        return Threshold(
-            self.value * margin, self.rule, {**self.params, "margin": margin}, self.calibration_size
-        )
+        return Threshold(self.value * margin, self.rule, {**self.params, "margin": margin}, self.calibration_size)
 
     def exceeded(self, errors: np.ndarray) -> np.ndarray:
         return np.asarray(errors) > self.value
@@ -57,9 +55,7 @@ class Threshold:
         value = float(values["value"])
         if not np.isfinite(value):
             raise ValueError("threshold value must be finite")
-        return cls(
-            value, str(values["rule"]), dict(values.get("params", {})), int(values.get("calibration_size", 0))
-        )
+        return cls(value, str(values["rule"]), dict(values.get("params", {})), int(values.get("calibration_size", 0)))
 
 
 @runtime_checkable
@@ -89,9 +85,7 @@ class QuantileRule:
     def fit(self, errors: np.ndarray) -> Threshold:
         errors = _clean(errors)
         # "higher": a sample value, so at most 1 - q of the calibration errors lie above it
-        return Threshold(
-            float(np.quantile(errors, self.q, method="higher")), self.name, {"q": self.q}, errors.size
-        )
+        return Threshold(float(np.quantile(errors, self.q, method="higher")), self.name, {"q": self.q}, errors.size)
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,7 @@ def split_in_time(windows: np.ndarray, val_fraction: float) -> tuple[np.ndarray,
 
 
 def _batches(data: torch.Tensor, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
-    order = (
-        torch.randperm(len(data), generator=generator) if generator is not None else torch.arange(len(data))
-    )
+    order = torch.randperm(len(data), generator=generator) if generator is not None else torch.arange(len(data))
     return [data[order[i : i + batch_size]] for i in range(0, len(data), batch_size)]
 
 
@@ -117,9 +115,7 @@ def train_autoencoder(
     the best validation epoch are restored at the end. Passing an already-trained model fine-tunes it.
     """
     if not np.isfinite(windows).all():
-        raise ValueError(
-            "training windows contain NaN/inf; drop them first (models.preprocessing.finite_windows)"
-        )
+        raise ValueError("training windows contain NaN/inf; drop them first (models.preprocessing.finite_windows)")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     device = resolve_device(config.device)
@@ -130,12 +126,8 @@ def train_autoencoder(
     val = torch.as_tensor(np.ascontiguousarray(val_np), dtype=torch.float32, device=device)
 
     model.to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=0.5, patience=config.lr_decay_patience
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_decay_patience)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -161,9 +153,7 @@ def train_autoencoder(
         val_loss = _mean_loss(model, val, config.batch_size * 4)
         scheduler.step(val_loss)
         lr = optimizer.param_groups[0]["lr"]
-        result.history.append(
-            {"epoch": epoch, "train_loss": train_loss / seen, "val_loss": val_loss, "lr": lr}
-        )
+        result.history.append({"epoch": epoch, "train_loss": train_loss / seen, "val_loss": val_loss, "lr": lr})
         epochs.set_postfix(train=f"{train_loss / seen:.4f}", val=f"{val_loss:.4f}", lr=f"{lr:.1e}")
         if val_loss < result.best_val_loss - 1e-7:
             result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0

@@ -161,9 +161,7 @@ def kafka_status(app: _AppContext) -> None:
 
 
 def _device_option(function):  # type: ignore[no-untyped-def]
-    return click.option("--device", default=None, help="Override model.device: auto, cpu, cuda, cuda:1 ...")(
-        function
-    )
+    return click.option("--device", default=None, help="Override model.device: auto, cpu, cuda, cuda:1 ...")(function)
 
 
 @cli.command()
@@ -175,9 +173,7 @@ def _device_option(function):  # type: ignore[no-untyped-def]
     type=click.Path(exists=True, path_type=Path),
     help="CSV or Parquet file(s) of normal operation (repeatable; each file is one segment).",
 )
-@click.option(
-    "--channels", default=None, help="Comma-separated channel columns (default: every numeric one)."
-)
+@click.option("--channels", default=None, help="Comma-separated channel columns (default: every numeric one).")
 @click.option("--rows", type=int, default=None, help="Use only the first N rows of each file.")
 @click.option("--promote/--no-promote", default=True, show_default=True, help="Make the new version current.")
 @_device_option
@@ -201,7 +197,11 @@ def train(
 
     config = app.config
     settings = config.model
-    frames = [read_readings(path).iloc[:rows] for path in data_paths]
+    frames = []
+    for path in data_paths:  # one segment per file, and per sensor where the file holds a fleet
+        frame = read_readings(path)
+        groups = [g for _, g in frame.groupby("sensor_id", sort=True)] if "sensor_id" in frame else [frame]
+        frames.extend(group.iloc[:rows] for group in groups)
     names = channel_columns(frames[0], channels.split(",") if channels else None)
     segments = [frame[names].to_numpy(dtype=float) for frame in frames]
     training = replace(config.training, device=device or settings.device)
@@ -388,6 +388,135 @@ def demo(app: _AppContext, out_dir: Path | None, epochs: int | None) -> None:
     click.echo(f"driftline demo: simulating a fleet, training, scoring -> {out_dir}")
     summary = run_demo(config, out_dir, training=training)
     click.echo("\n".join(["", "summary", *("  " + line for line in summary.lines())]))
+
+
+@cli.command()
+@click.option("--source", default=None, help="Override scoring.source: 'kafka' or 'file:PATH'.")
+@click.option("--max-messages", type=int, default=None, help="Stop after this many messages (tests, demos).")
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Stop after this many seconds.")
+@click.option(
+    "--idle-timeout",
+    "idle_timeout_s",
+    type=float,
+    default=None,
+    help="Stop when nothing arrived for this many seconds.",
+)
+@_device_option
+@pass_app
+def serve(
+    app: _AppContext,
+    source: str | None,
+    max_messages: int | None,
+    timeout_s: float | None,
+    idle_timeout_s: float | None,
+    device: str | None,
+) -> None:
+    """Run the streaming scorer: consume readings, score windows, write the Parquet error log."""
+    from models.registry import RegistryError
+    from pipeline.service import serve as run_service
+
+    config = app.config
+    if source is not None or device is not None:
+        config = config.model_copy(
+            update={
+                "scoring": config.scoring.model_copy(update={"source": source or config.scoring.source}),
+                "model": config.model.model_copy(update={"device": device or config.model.device}),
+            }
+        )
+    try:
+        stats = run_service(config, max_messages=max_messages, timeout_s=timeout_s, idle_timeout_s=idle_timeout_s)
+    except RegistryError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"stopped: {stats.messages:,} messages, {stats.readings:,} readings, {stats.windows:,} windows scored, "
+        f"{stats.anomalies:,} anomalous, {stats.dead_letters:,} dead letters, {stats.drift_events:,} drift events, "
+        f"{stats.commits:,} commits; error log {config.error_log_dir}"
+    )
+
+
+@cli.command()
+@click.option("--sensors", type=int, default=4, show_default=True)
+@click.option("--rows", type=int, default=3600, show_default=True, help="Readings per sensor (1 per second).")
+@click.option("--anomalies", "anomalies_per_sensor", type=int, default=2, show_default=True)
+@click.option("--normal-prefix", type=int, default=900, show_default=True, help="Rows kept free of anomalies.")
+@click.option("--drift-at", type=int, default=None, help="Row where the fleet moves to a new operating point.")
+@click.option("--drift-kind", type=click.Choice(["abrupt", "gradual"]), default="abrupt", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--replay",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Replay a CSV/Parquet file (e.g. SKAB) instead of simulating.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write readings to this CSV/Parquet file instead of Kafka.",
+)
+@click.option("--topic", default=None, help="Kafka topic (default: first of kafka.topics).")
+@click.option("--rate", type=float, default=None, help="Readings per second (default: as fast as possible).")
+@click.option("--per-message", type=int, default=1, show_default=True, help="Readings per message (batched form).")
+@pass_app
+def simulate(
+    app: _AppContext,
+    sensors: int,
+    rows: int,
+    anomalies_per_sensor: int,
+    normal_prefix: int,
+    drift_at: int | None,
+    drift_kind: str,
+    seed: int,
+    replay: Path | None,
+    out_path: Path | None,
+    topic: str | None,
+    rate: float | None,
+    per_message: int,
+) -> None:
+    """Produce a simulated fleet (or replay a file) to a Kafka topic or a file."""
+    from models.data_io import channel_columns, read_readings
+    from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
+
+    if replay is not None:
+        frame = read_readings(replay)
+        frame = frame.reset_index(names="timestamp") if "timestamp" not in frame.columns else frame
+        channels = channel_columns(frame)
+    else:
+        drift = DriftSpec(drift_at, drift_kind) if drift_at is not None else None  # type: ignore[arg-type]
+        spec = FleetSpec(
+            sensors=sensors,
+            rows=rows,
+            anomalies_per_sensor=anomalies_per_sensor,
+            normal_prefix_rows=normal_prefix,
+            drift=drift,
+            seed=seed,
+        )
+        frame = simulate_fleet(spec)
+        channels = list(spec.channels)
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        if out_path.suffix.lower() in (".parquet", ".pq"):
+            frame.to_parquet(out_path, index=False)
+        else:
+            frame.to_csv(out_path, index=False)
+        click.echo(
+            f"wrote {len(frame):,} readings of {frame['sensor_id'].nunique() if 'sensor_id' in frame else 1} "
+            f"sensor(s) to {out_path}"
+        )
+        return
+    from kafka import KafkaProducer
+
+    from pipeline.producer import produce
+
+    config = app.config
+    topic = topic or config.kafka.topics[0]
+    producer = KafkaProducer(**config.kafka.client_options(), acks="all", linger_ms=20)
+    try:
+        sent = produce(producer, topic, frame, channels, rate=rate, readings_per_message=per_message)
+    finally:
+        producer.close()
+    click.echo(f"produced {sent:,} readings to {topic} at {config.kafka.bootstrap_servers}")
 
 
 def main() -> None:

@@ -77,9 +77,7 @@ class KafkaSettings(_Section):
         if self.sasl_mechanism:
             options["sasl_mechanism"] = self.sasl_mechanism
             options["sasl_plain_username"] = self.sasl_username
-            options["sasl_plain_password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else None
-            )
+            options["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
         if self.ssl_cafile:
             options["ssl_cafile"] = str(self.ssl_cafile)
         return options
@@ -114,10 +112,41 @@ class ModelSettings(_Section):
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:1 ...")
 
 
+class WindowSettings(_Section):
+    """How readings become windows (the window length itself comes from the model)."""
+
+    stride: int = Field(1, ge=1, description="Emit a window every `stride` sample periods.")
+    sample_period_s: float = Field(1.0, gt=0, description="Expected spacing of readings.")
+    max_fill_s: float = Field(5.0, ge=0, description="Forward-fill gaps up to this; longer gaps restart.")
+    idle_ttl_s: float = Field(3600.0, gt=0, description="Forget a sensor silent this long (event time).")
+
+
+class ScoringSettings(_Section):
+    source: str = Field("kafka", description="'kafka' or 'file:PATH' (CSV/Parquet replayed, no broker).")
+    batch_size: int = Field(4096, ge=1, description="Windows per model forward pass.")
+    poll_timeout_s: float = Field(0.5, gt=0)
+    max_message_bytes: int = Field(1_000_000, gt=0, description="Bigger messages are dead-lettered.")
+    allowed_sensors: list[str] | None = Field(None, description="Whitelist; others are dead-lettered.")
+
+
+class DriftSettings(_Section):
+    detector: Literal["adwin", "page_hinkley", "kswin"] = "adwin"
+    fleet: bool = Field(True, description="Also watch the fleet-wide error stream.")
+
+
+class SinkSettings(_Section):
+    error_log_dir: Path | None = Field(None, description="Parquet error log; default <data_dir>/error_log.")
+    roll_rows: int = Field(50_000, ge=1, description="Write a part (then commit) at this many rows...")
+    roll_seconds: float = Field(5.0, gt=0, description="...or when the oldest buffered row is this old.")
+
+
+class MetricsSettings(_Section):
+    port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port; 0 turns it off.")
+    address: str = "0.0.0.0"
+
+
 class BenchmarkSettings(_Section):
-    skab_dir: Path = Field(
-        Path("../shared/data/skab"), description="SKAB v0.9 folder (valve1, valve2, other)."
-    )
+    skab_dir: Path = Field(Path("../shared/data/skab"), description="SKAB v0.9 folder (valve1, valve2, other).")
 
 
 class DriftlineConfig(_Section):
@@ -129,11 +158,20 @@ class DriftlineConfig(_Section):
     local_kafka: LocalKafkaSettings = Field(default_factory=LocalKafkaSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    windows: WindowSettings = Field(default_factory=WindowSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    sinks: SinkSettings = Field(default_factory=SinkSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     benchmarks: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
 
     @property
     def registry_dir(self) -> Path:
         return self.model.registry_dir or self.data_dir / "registry"
+
+    @property
+    def error_log_dir(self) -> Path:
+        return self.sinks.error_log_dir or self.data_dir / "error_log"
 
     def to_display_dict(self) -> dict[str, Any]:
         """The effective config as plain data, secrets replaced by a mask, ``None`` values left out."""

@@ -260,9 +260,7 @@ class LocalKafkaBroker:
         (self.work_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
 
         fmt = subprocess.run(
-            self._java_command(
-                "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties)
-            ),
+            self._java_command("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties)),
             capture_output=True,
             text=True,
             check=False,
@@ -301,9 +299,7 @@ class LocalKafkaBroker:
                 )
             time.sleep(0.1)
         self.stop()
-        raise LocalKafkaError(
-            f"Kafka broker not ready after {timeout_s:.0f}s; last log lines:\n{self._log_tail()}"
-        )
+        raise LocalKafkaError(f"Kafka broker not ready after {timeout_s:.0f}s; last log lines:\n{self._log_tail()}")
 
     def _log_tail(self, lines: int = 30) -> str:
         try:

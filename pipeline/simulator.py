@@ -84,9 +84,7 @@ def _drift_weight(rows: int, drift: DriftSpec | None) -> np.ndarray:
     return weight
 
 
-def _inject(
-    values: np.ndarray, kind: str, channel: int, start: int, stop: int, rng: np.random.Generator
-) -> None:
+def _inject(values: np.ndarray, kind: str, channel: int, start: int, stop: int, rng: np.random.Generator) -> None:
     segment = values[start:stop, channel]
     scale = float(np.std(values[:, channel])) or 1.0
     if kind == "level_shift":

@@ -60,9 +60,7 @@ def _announce(request: pytest.FixtureRequest, broker: KafkaBroker) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_broker(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[KafkaBroker]:
+def kafka_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """A real Apache Kafka broker for the whole session (see module docstring for how it is found)."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
@@ -75,9 +73,7 @@ def kafka_broker(
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer(TESTCONTAINERS_IMAGE).with_kraft() as container:
-            broker = KafkaBroker(
-                container.get_bootstrap_server(), f"Apache Kafka {KAFKA_VERSION}", "testcontainers"
-            )
+            broker = KafkaBroker(container.get_bootstrap_server(), f"Apache Kafka {KAFKA_VERSION}", "testcontainers")
             _announce(request, broker)
             yield broker
         return

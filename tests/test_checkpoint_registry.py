@@ -37,21 +37,15 @@ def detector() -> AnomalyDetector:
     )
 
 
-def test_round_trip_keeps_scores_and_everything_needed_to_serve(
-    detector: AnomalyDetector, tmp_path: Path
-) -> None:
+def test_round_trip_keeps_scores_and_everything_needed_to_serve(detector: AnomalyDetector, tmp_path: Path) -> None:
     readings = np.random.default_rng(3).normal(size=(60, 3))
-    path = save_checkpoint(
-        detector, tmp_path / "ckpt", fingerprint=DataFingerprint.of(readings, sources=["x.csv"])
-    )
+    path = save_checkpoint(detector, tmp_path / "ckpt", fingerprint=DataFingerprint.of(readings, sources=["x.csv"]))
     loaded = load_checkpoint(path)
     restored = loaded.detector
     assert restored.channels == ("flow", "pressure", "current")
     assert restored.scaler == detector.scaler
     assert restored.threshold == detector.threshold
-    np.testing.assert_allclose(
-        restored.score(readings)[1].error, detector.score(readings)[1].error, rtol=1e-6
-    )
+    np.testing.assert_allclose(restored.score(readings)[1].error, detector.score(readings)[1].error, rtol=1e-6)
     assert loaded.metadata["data_fingerprint"]["rows"] == 60
     assert loaded.metadata["training"]["history"], "training curves travel with the checkpoint"
 
@@ -98,9 +92,7 @@ def test_foreign_checkpoints_are_refused_without_running_them(tmp_path: Path) ->
     assert not marker.exists()
 
 
-def test_pickled_weights_with_a_valid_looking_manifest_are_refused(
-    detector: AnomalyDetector, tmp_path: Path
-) -> None:
+def test_pickled_weights_with_a_valid_looking_manifest_are_refused(detector: AnomalyDetector, tmp_path: Path) -> None:
     path = save_checkpoint(detector, tmp_path / "ckpt")
     marker = tmp_path / "executed"
 
@@ -151,9 +143,7 @@ def test_registry_promote_and_rollback(detector: AnomalyDetector, tmp_path: Path
     assert registry.current_version() == v1
     with pytest.raises(RegistryError, match="nothing to roll back"):
         registry.rollback()
-    actions = [
-        json.loads(line)["action"] for line in (registry.root / "decisions.jsonl").read_text().splitlines()
-    ]
+    actions = [json.loads(line)["action"] for line in (registry.root / "decisions.jsonl").read_text().splitlines()]
     assert actions == ["publish", "promote", "publish", "promote", "rollback"]
 
 

@@ -27,9 +27,7 @@ def test_layers_win_in_order_file_env_cli(tmp_path: Path) -> None:
 
 
 def test_env_values_are_typed_and_lists_accept_json_or_commas() -> None:
-    config = load_config(
-        env={"DRIFTLINE_KAFKA__MAX_POLL_RECORDS": "500", "DRIFTLINE_KAFKA__TOPICS": '["a", "b"]'}
-    )
+    config = load_config(env={"DRIFTLINE_KAFKA__MAX_POLL_RECORDS": "500", "DRIFTLINE_KAFKA__TOPICS": '["a", "b"]'})
     assert config.kafka.max_poll_records == 500
     assert config.kafka.topics == ["a", "b"]
     assert load_config(overrides=["kafka.topics=x, y"]).kafka.topics == ["x", "y"]

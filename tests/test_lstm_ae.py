@@ -21,16 +21,14 @@ def multichannel_signal(rows: int = 1200, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(rows, dtype=np.float64)
     base = np.sin(2 * np.pi * t / 50)
-    return np.stack(
-        [10 + 2 * base, 5 + base + 0.5 * np.cos(2 * np.pi * t / 17), 1 + 0.8 * base], axis=1
-    ) + rng.normal(0, 0.05, (rows, 3))
+    return np.stack([10 + 2 * base, 5 + base + 0.5 * np.cos(2 * np.pi * t / 17), 1 + 0.8 * base], axis=1) + rng.normal(
+        0, 0.05, (rows, 3)
+    )
 
 
 @pytest.mark.parametrize(("layers", "dropout"), [(1, 0.0), (2, 0.2)])
 def test_output_shape_matches_input(layers: int, dropout: float) -> None:
-    config = LSTMAEConfig(
-        n_channels=4, window=12, hidden_size=8, num_layers=layers, latent_size=3, dropout=dropout
-    )
+    config = LSTMAEConfig(n_channels=4, window=12, hidden_size=8, num_layers=layers, latent_size=3, dropout=dropout)
     model = LSTMAutoencoder(config)
     assert model(torch.randn(7, 12, 4)).shape == (7, 12, 4)
     assert model.encode(torch.randn(7, 12, 4)).shape == (7, 3)
@@ -60,10 +58,7 @@ def test_training_is_deterministic_for_a_seed() -> None:
         model = LSTMAutoencoder(LSTMAEConfig(n_channels=2, window=10, hidden_size=8, latent_size=2))
         torch.manual_seed(0)
         losses.append(
-            [
-                h["val_loss"]
-                for h in train_autoencoder(model, windows, TrainingConfig(epochs=3, progress=False)).history
-            ]
+            [h["val_loss"] for h in train_autoencoder(model, windows, TrainingConfig(epochs=3, progress=False)).history]
         )
     assert losses[0] == losses[1]
 
@@ -85,9 +80,7 @@ def test_training_refuses_non_finite_windows() -> None:
 
 def test_channel_errors_average_to_window_error() -> None:
     model = LSTMAutoencoder(LSTMAEConfig(n_channels=3, window=8, hidden_size=8, latent_size=2))
-    scores = reconstruction_errors(
-        model, np.random.default_rng(0).normal(size=(9, 8, 3)).astype(np.float32), 4
-    )
+    scores = reconstruction_errors(model, np.random.default_rng(0).normal(size=(9, 8, 3)).astype(np.float32), 4)
     np.testing.assert_allclose(scores.channel_error.mean(axis=1), scores.error, rtol=1e-5)
 
 

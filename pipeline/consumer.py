@@ -1,0 +1,315 @@
+"""The scoring loop: poll a batch, decode, window, score, detect drift, buffer, make durable, commit.
+
+Delivery guarantees, with a Kafka consumer group and manual commits:
+
+- **Nothing accepted is lost.** Offsets are committed only after the error-log parts, drift events and
+  dead letters that the batch produced are durable (fsynced files, flushed producer).
+- **Nothing is scored twice.** On assignment the loop removes the parts written past the committed
+  offset (see :class:`pipeline.sinks.ErrorLogSink`) and scores only windows whose last reading lies at
+  or after the committed offset.
+- **No reading goes unscored after a restart or rebalance** (once its sensor had a full window): every
+  commit carries, in its metadata, ``rewind_offset``, the oldest offset still held in an open window of
+  that partition. The next owner seeks there, replays the readings to rebuild the windows without
+  emitting them, and resumes scoring exactly at the committed offset. This was chosen over persisted
+  window state because it needs no shared disk between consumers and the broker already holds the
+  readings; its cost is re-reading at most one window per sensor (bounded by the idle TTL).
+
+Signals only ask the loop to stop (:meth:`ScoringLoop.request_stop`); it finishes the batch, flushes,
+commits and closes. ``run(max_messages=..., timeout_s=..., idle_timeout_s=...)`` bounds it for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from kafka.errors import KafkaError
+
+from pipeline.drift import DriftMonitor
+from pipeline.messages import decode_message
+from pipeline.metrics import ScoringMetrics
+from pipeline.scorer import ScoredBatch, WindowScorer
+from pipeline.sinks import DeadLetter, DeadLetterSink, DriftEventSink, ErrorLogSink, ScoredWindows
+from pipeline.sources import Assignment, Record, Source, TopicPartitionKey
+from pipeline.windows import Window, WindowAssembler
+
+log = logging.getLogger(__name__)
+
+
+class EventPublisher(Protocol):
+    def publish(self, event: dict[str, Any]) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclass
+class LoopStats:
+    messages: int = 0
+    readings: int = 0
+    windows: int = 0
+    anomalies: int = 0
+    dead_letters: int = 0
+    drift_events: int = 0
+    commits: int = 0
+    batches: int = 0
+    model_swaps: int = 0
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    poll_timeout_s: float = 0.5
+    max_poll_records: int = 2000
+    max_message_bytes: int = 1_000_000
+    allowed_sensors: frozenset[str] | None = None
+    lag_every_s: float = 5.0
+
+
+class ScoringLoop:
+    def __init__(
+        self,
+        scorer: WindowScorer,
+        assembler: WindowAssembler,
+        error_log: ErrorLogSink,
+        dead_letters: DeadLetterSink,
+        drift: DriftMonitor | None = None,
+        drift_events: DriftEventSink | None = None,
+        events: EventPublisher | None = None,
+        metrics: ScoringMetrics | None = None,
+        settings: LoopSettings = LoopSettings(),
+        before_batch: Callable[[ScoringLoop], None] | None = None,
+    ) -> None:
+        self.scorer = scorer
+        self.assembler = assembler
+        self.error_log = error_log
+        self.dead_letters = dead_letters
+        self.drift = drift
+        self.drift_events = drift_events
+        self.events = events
+        self.metrics = metrics or ScoringMetrics()
+        self.settings = settings
+        self.before_batch = before_batch
+        self.stats = LoopStats()
+        self.source: Source | None = None
+        self._emit_from: dict[TopicPartitionKey, int] = {}
+        self._processed: dict[TopicPartitionKey, int] = {}
+        self._stop = False
+        self._latest_ts = 0.0
+        self.metrics.set_model_version(scorer.model_version)
+
+    # -- control ---------------------------------------------------------------------------
+    def request_stop(self, *_: object) -> None:
+        """Ask the loop to finish its batch, flush, commit and return (safe from a signal handler)."""
+        self._stop = True
+
+    def swap_model(self, scorer_update: Callable[[WindowScorer], None], version: str) -> None:
+        """Replace the serving model between micro-batches; drift detectors start afresh."""
+        scorer_update(self.scorer)
+        if self.drift is not None:
+            self.drift.reset(version)
+        self.metrics.set_model_version(version)
+        self.stats.model_swaps += 1
+        if self.events is not None:
+            self.events.publish({"type": "model_swap", "model_version": version, "at": time.time()})
+
+    # -- rebalance callbacks (called inside poll, on the loop's thread) -----------------------
+    def on_assigned(self, assignments: list[Assignment]) -> None:
+        for a in assignments:
+            tp = (a.topic, a.partition)
+            removed = self.error_log.discard_uncommitted(a.topic, a.partition, a.committed)
+            if removed:
+                log.info(
+                    "%s-%d: removed %d uncommitted error-log part(s) past offset %d; they will be redone",
+                    a.topic,
+                    a.partition,
+                    len(removed),
+                    a.committed,
+                )
+            self._emit_from[tp] = a.committed
+            self._processed[tp] = a.committed
+            rewind = a.metadata.get("rewind_offset")
+            if isinstance(rewind, int) and 0 <= rewind < a.committed and self.source is not None:
+                self.source.seek(a.topic, a.partition, rewind)
+                log.info(
+                    "%s-%d: assigned at offset %d; rebuilding windows from offset %d",
+                    a.topic,
+                    a.partition,
+                    a.committed,
+                    rewind,
+                )
+            else:
+                log.info("%s-%d: assigned at offset %d", a.topic, a.partition, a.committed)
+
+    def on_revoked(self, partitions: list[TopicPartitionKey]) -> None:
+        log.info("partitions revoked: %s; flushing and committing", partitions)
+        self.checkpoint()
+        self.assembler.drop_partitions(partitions)
+        for tp in partitions:
+            self._emit_from.pop(tp, None)
+            self._processed.pop(tp, None)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(
+        self,
+        source: Source,
+        *,
+        max_messages: int | None = None,
+        timeout_s: float | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> LoopStats:
+        """Consume until asked to stop or a bound is reached; always ends with a flush and commit."""
+        self.source = source
+        started = last_activity = last_lag = time.monotonic()
+        try:
+            while not self._stop:
+                if self.before_batch is not None:
+                    self.before_batch(self)
+                records = source.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
+                now = time.monotonic()
+                if records:
+                    self.process(records)
+                    last_activity = now
+                if self.error_log.due() or (not records and self.error_log.pending_rows):
+                    self.checkpoint()
+                if now - last_lag >= self.settings.lag_every_s:
+                    self._update_lag()
+                    last_lag = now
+                if max_messages is not None and self.stats.messages >= max_messages:
+                    break
+                if timeout_s is not None and now - started >= timeout_s:
+                    break
+                if idle_timeout_s is not None and not records and now - last_activity >= idle_timeout_s:
+                    break
+        finally:
+            self.checkpoint()
+            source.close()
+        return self.stats
+
+    def process(self, records: list[Record]) -> ScoredBatch:
+        """Decode, window and score one polled batch; buffer the results (not yet durable)."""
+        started = time.perf_counter()
+        channels = self.scorer.channels
+        windows: list[Window] = []
+        for record in records:
+            tp = (record.topic, record.partition)
+            emit_from = self._emit_from.setdefault(tp, 0)
+            live = record.offset >= emit_from
+            decoded = decode_message(
+                record.value,
+                record.key,
+                channels,
+                max_bytes=self.settings.max_message_bytes,
+                allowed_sensors=self.settings.allowed_sensors,
+            )
+            if live:
+                self.stats.messages += 1
+                self.metrics.messages_in.inc()
+                for rejection in decoded.rejections:
+                    self._dead_letter(record, rejection.reason)
+            late_before = self.assembler.stats.late + self.assembler.stats.duplicates
+            for reading in decoded.readings:
+                self._latest_ts = max(self._latest_ts, reading.ts)
+                position = (record.topic, record.partition, record.offset)
+                for window in self.assembler.add(reading.sensor_id, reading.ts, reading.values, position):
+                    if window.end_position[2] >= emit_from:
+                        windows.append(window)
+            if live:
+                self.stats.readings += len(decoded.readings)
+                self.metrics.readings_in.inc(len(decoded.readings))
+                late = self.assembler.stats.late + self.assembler.stats.duplicates - late_before
+                if late:
+                    self.metrics.late_readings.inc(late)
+            self._processed[tp] = record.offset + 1
+        self.assembler.evict_idle(self._latest_ts)
+
+        scored = self.scorer.score(windows)
+        drift_flags = self._update_drift(scored)
+        self.error_log.append(_to_columns(scored, drift_flags))
+        self.stats.windows += len(windows)
+        self.stats.anomalies += int(scored.anomaly.sum())
+        self.stats.batches += 1
+        self.metrics.windows_scored.inc(len(windows))
+        self.metrics.anomalies.inc(int(scored.anomaly.sum()))
+        self.metrics.batch_latency.observe(time.perf_counter() - started)
+        return scored
+
+    def _dead_letter(self, record: Record, reason: str) -> None:
+        log.warning("dead letter %s-%d@%d: %s", record.topic, record.partition, record.offset, reason)
+        self.dead_letters.send(
+            DeadLetter(reason, record.topic, record.partition, record.offset, record.key, record.value)
+        )
+        self.stats.dead_letters += 1
+        self.metrics.dead_letters.labels(reason=reason.split(":")[-1].strip()[:40]).inc()
+
+    def _update_drift(self, scored: ScoredBatch) -> np.ndarray:
+        flags = np.zeros(len(scored.windows), dtype=bool)
+        if self.drift is None:
+            return flags
+        for i, window in enumerate(scored.windows):
+            for event in self.drift.update(window.sensor_id, window.end_ts, float(scored.error[i])):
+                flags[i] = flags[i] or event.scope == "sensor"
+                self.stats.drift_events += 1
+                self.metrics.drift_events.labels(scope=event.scope).inc()
+                log.info("drift detected: %s", event)
+                if self.drift_events is not None:
+                    self.drift_events.append([event.to_dict()])
+                if self.events is not None:
+                    self.events.publish({"type": "drift", **event.to_dict()})
+        return flags
+
+    def checkpoint(self) -> None:
+        """Make everything produced so far durable, then commit offsets (with the rewind point)."""
+        started = time.perf_counter()
+        self.error_log.flush()
+        if self.drift_events is not None:
+            self.drift_events.flush()
+        self.dead_letters.flush()
+        if self.events is not None:
+            self.events.flush()
+        if self.source is None or not self._processed:
+            return
+        rewind = self.assembler.rewind_offsets()
+        offsets = {
+            tp: (offset, {"v": 1, "rewind_offset": min(rewind.get(tp, offset), offset)})
+            for tp, offset in self._processed.items()
+        }
+        try:
+            self.source.commit(offsets)
+        except KafkaError as error:  # data is durable; a later commit (or a replay) covers it
+            log.warning("offset commit failed (%s); will retry at the next checkpoint", error)
+            return
+        self.stats.commits += 1
+        self.metrics.commits.inc()
+        self.metrics.flush_latency.observe(time.perf_counter() - started)
+
+    def _update_lag(self) -> None:
+        if self.source is None:
+            return
+        try:
+            for (topic, partition), lag in self.source.lag().items():
+                self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        except KafkaError as error:
+            log.debug("could not read consumer lag: %s", error)
+
+
+def _to_columns(scored: ScoredBatch, drift_flags: np.ndarray) -> ScoredWindows:
+    windows = scored.windows
+    return ScoredWindows(
+        sensor_id=[w.sensor_id for w in windows],
+        window_start=np.array([w.start_ts for w in windows], dtype=np.float64),
+        window_end=np.array([w.end_ts for w in windows], dtype=np.float64),
+        error=scored.error,
+        channel_error=scored.channel_error,
+        threshold=scored.threshold,
+        exceeded=scored.exceeded,
+        anomaly=scored.anomaly,
+        drift=drift_flags,
+        model_version=scored.model_version,
+        source_topic=[w.end_position[0] for w in windows],
+        source_partition=np.array([w.end_position[1] for w in windows], dtype=np.int32),
+        source_offset_start=np.array([w.first_position[2] for w in windows], dtype=np.int64),
+        source_offset_end=np.array([w.end_position[2] for w in windows], dtype=np.int64),
+    )

@@ -1,0 +1,61 @@
+"""Prometheus metrics of the scoring loop, on a registry of their own (no global state).
+
+>>> metrics = ScoringMetrics()
+>>> metrics.windows_scored.inc(3)
+>>> b"driftline_windows_scored_total 3.0" in metrics.exposition()
+True
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+
+class ScoringMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.readings_in = Counter("driftline_readings_in", "Readings decoded from the input", registry=r)
+        self.messages_in = Counter("driftline_messages_in", "Messages polled from the input", registry=r)
+        self.dead_letters = Counter(
+            "driftline_dead_letters",
+            "Messages or readings rejected to the dead-letter sink",
+            ["reason"],
+            registry=r,
+        )
+        self.windows_scored = Counter("driftline_windows_scored", "Windows scored and written", registry=r)
+        self.anomalies = Counter(
+            "driftline_anomalies", "Windows flagged anomalous (after the alarm filter)", registry=r
+        )
+        self.drift_events = Counter("driftline_drift_events", "Drift detections", ["scope"], registry=r)
+        self.late_readings = Counter("driftline_late_readings", "Readings dropped as late or duplicate", registry=r)
+        self.commits = Counter("driftline_commits", "Offset commits after durable writes", registry=r)
+        self.batch_latency = Histogram(
+            "driftline_batch_latency_seconds",
+            "Time to decode, window, score and buffer one polled batch",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.flush_latency = Histogram(
+            "driftline_flush_latency_seconds", "Time to make sinks durable and commit", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "driftline_consumer_lag",
+            "Messages behind the end of each partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "driftline_model_version", "1 for the model version now serving", ["version"], registry=r
+        )
+
+    def set_model_version(self, version: str) -> None:
+        self.model_version.clear()
+        self.model_version.labels(version=version).set(1)
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        """Expose /metrics over HTTP on ``port`` (a daemon thread)."""
+        start_http_server(port, addr=address, registry=self.registry)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

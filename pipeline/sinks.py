@@ -1,0 +1,336 @@
+"""Where scored windows, drift events and rejected messages go, each made durable before a commit.
+
+**Error log** (:class:`ErrorLogSink`): one row per scored window, Hive-partitioned by day::
+
+    <root>/errors/date=2026-01-01/part-<topic>-<partition>-<first offset>-<last offset>.parquet
+
+Rows are buffered and written when ``roll_rows`` rows or ``roll_seconds`` have accumulated (the
+consumer commits right after). A part is written to a temporary name, fsynced and renamed, so a
+half-written part is never visible. **No duplicates after a crash:** a part holds the windows of
+one source partition whose last readings lie at offsets ``first..last``; when a partition is
+assigned with committed offset ``c``, every part of it with ``first >= c`` was written but never
+committed, so it is removed (:meth:`ErrorLogSink.discard_uncommitted`) before the windows are scored
+again. Readers therefore see each window exactly once, with no extra step.
+
+**Drift events** (:class:`DriftEventSink`) go to ``<root>/drift_events/date=.../`` the same way.
+**Dead letters** go to a Kafka topic or, for file sources, a JSON-lines file (:class:`DeadLetterFile`).
+Schema name and version are stored in each Parquet file's metadata (``driftline.schema``,
+``driftline.schema_version``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ERROR_LOG_SCHEMA_VERSION = 1
+DRIFT_EVENTS_SCHEMA_VERSION = 1
+_PART = re.compile(r"^part-(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})\.parquet$")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", name)
+
+
+def write_parquet_atomically(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` via a temp file in the same folder, fsync, rename, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def error_log_schema(channels: Sequence[str]) -> pa.Schema:
+    fields = [
+        pa.field("sensor_id", pa.string()),
+        pa.field("window_start", pa.timestamp("ms", tz="UTC")),
+        pa.field("window_end", pa.timestamp("ms", tz="UTC")),
+        pa.field("error", pa.float32()),
+        *(pa.field(f"error_{channel}", pa.float32()) for channel in channels),
+        pa.field("threshold", pa.float32()),
+        pa.field("exceeded", pa.bool_()),
+        pa.field("anomaly", pa.bool_()),
+        pa.field("drift", pa.bool_()),
+        pa.field("model_version", pa.string()),
+        pa.field("source_topic", pa.string()),
+        pa.field("source_partition", pa.int32()),
+        pa.field("source_offset_start", pa.int64()),
+        pa.field("source_offset_end", pa.int64()),
+        pa.field("ingest_time", pa.timestamp("ms", tz="UTC")),
+    ]
+    metadata = {"driftline.schema": "error_log", "driftline.schema_version": str(ERROR_LOG_SCHEMA_VERSION)}
+    return pa.schema(fields, metadata=metadata)
+
+
+@dataclass
+class ScoredWindows:
+    """A micro-batch of scored windows, column-wise (what the scoring loop hands the sink)."""
+
+    sensor_id: list[str]
+    window_start: np.ndarray  # [n] epoch seconds
+    window_end: np.ndarray  # [n] epoch seconds
+    error: np.ndarray  # [n]
+    channel_error: np.ndarray  # [n, channels]
+    threshold: float
+    exceeded: np.ndarray  # [n] bool
+    anomaly: np.ndarray  # [n] bool
+    drift: np.ndarray  # [n] bool
+    model_version: str
+    source_topic: list[str]
+    source_partition: np.ndarray  # [n]
+    source_offset_start: np.ndarray  # [n]
+    source_offset_end: np.ndarray  # [n]
+
+    def __len__(self) -> int:
+        return len(self.sensor_id)
+
+
+def _epoch_ms(seconds: np.ndarray) -> pa.Array:
+    return pa.array(
+        np.round(np.asarray(seconds, dtype=np.float64) * 1000).astype("int64"), pa.timestamp("ms", tz="UTC")
+    )
+
+
+class ErrorLogSink:
+    def __init__(self, root: Path, channels: Sequence[str], roll_rows: int = 50_000, roll_seconds: float = 5.0) -> None:
+        self.root = Path(root) / "errors"
+        self.channels = tuple(channels)
+        self.schema = error_log_schema(self.channels)
+        self.roll_rows = roll_rows
+        self.roll_seconds = roll_seconds
+        self._pending: list[ScoredWindows] = []
+        self._pending_rows = 0
+        self._oldest_pending = time.monotonic()
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    def append(self, batch: ScoredWindows) -> None:
+        if not len(batch):
+            return
+        if not self._pending:
+            self._oldest_pending = time.monotonic()
+        self._pending.append(batch)
+        self._pending_rows += len(batch)
+
+    def due(self) -> bool:
+        """True when the buffer should be written (size or age reached)."""
+        if not self._pending:
+            return False
+        return self._pending_rows >= self.roll_rows or time.monotonic() - self._oldest_pending >= self.roll_seconds
+
+    def _table(self, batches: list[ScoredWindows]) -> pa.Table:
+        ingest = pa.scalar(datetime.now(UTC), pa.timestamp("ms", tz="UTC"))
+        n = sum(len(b) for b in batches)
+        channel_error = np.concatenate([b.channel_error for b in batches]).astype(np.float32)
+        columns: dict[str, Any] = {
+            "sensor_id": pa.array([s for b in batches for s in b.sensor_id], pa.string()),
+            "window_start": _epoch_ms(np.concatenate([b.window_start for b in batches])),
+            "window_end": _epoch_ms(np.concatenate([b.window_end for b in batches])),
+            "error": pa.array(np.concatenate([b.error for b in batches]).astype(np.float32)),
+        }
+        for i, channel in enumerate(self.channels):
+            columns[f"error_{channel}"] = pa.array(channel_error[:, i])
+        columns |= {
+            "threshold": pa.array(np.concatenate([np.full(len(b), b.threshold, np.float32) for b in batches])),
+            "exceeded": pa.array(np.concatenate([b.exceeded for b in batches]).astype(bool)),
+            "anomaly": pa.array(np.concatenate([b.anomaly for b in batches]).astype(bool)),
+            "drift": pa.array(np.concatenate([b.drift for b in batches]).astype(bool)),
+            "model_version": pa.array([b.model_version for b in batches for _ in range(len(b))], pa.string()),
+            "source_topic": pa.array([t for b in batches for t in b.source_topic], pa.string()),
+            "source_partition": pa.array(np.concatenate([b.source_partition for b in batches]).astype(np.int32)),
+            "source_offset_start": pa.array(np.concatenate([b.source_offset_start for b in batches]).astype(np.int64)),
+            "source_offset_end": pa.array(np.concatenate([b.source_offset_end for b in batches]).astype(np.int64)),
+            "ingest_time": pa.array([ingest] * n, pa.timestamp("ms", tz="UTC")),
+        }
+        return pa.table(columns, schema=self.schema)
+
+    def flush(self) -> list[Path]:
+        """Write every pending row durably; return the parts written. On error nothing is dropped."""
+        if not self._pending:
+            return []
+        table = self._table(self._pending)
+        written = []
+        dates = np.asarray(table["window_end"].to_numpy(zero_copy_only=False).astype("datetime64[D]")).astype(str)
+        topics = np.asarray(table["source_topic"].to_pylist(), dtype=object)
+        partitions = table["source_partition"].to_numpy()
+        groups: dict[tuple[str, str, int], list[int]] = defaultdict(list)
+        for i, key in enumerate(zip(dates, topics, partitions, strict=True)):
+            groups[(str(key[0]), str(key[1]), int(key[2]))].append(i)
+        for (date, topic, partition), rows in sorted(groups.items()):
+            part = table.take(pa.array(rows, pa.int64()))
+            offsets = part["source_offset_end"].to_numpy()
+            name = f"part-{_safe(topic)}-{partition}-{int(offsets.min()):020d}-{int(offsets.max()):020d}.parquet"
+            path = self.root / f"date={date}" / name
+            write_parquet_atomically(part, path)
+            written.append(path)
+        self._pending.clear()
+        self._pending_rows = 0
+        return written
+
+    def discard_uncommitted(self, topic: str, partition: int, committed_offset: int) -> list[Path]:
+        """Remove parts of ``topic``/``partition`` written beyond ``committed_offset`` (they will be redone)."""
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for path in self.root.glob(f"date=*/part-{_safe(topic)}-{partition}-*.parquet"):
+            match = _PART.match(path.name)
+            if match and int(match["partition"]) == partition and int(match["first"]) >= committed_offset:
+                path.unlink()
+                removed.append(path)
+        return removed
+
+
+def drift_events_schema() -> pa.Schema:
+    fields = [
+        pa.field("ts", pa.timestamp("ms", tz="UTC")),
+        pa.field("scope", pa.string()),
+        pa.field("sensor_id", pa.string()),
+        pa.field("detector", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("observations", pa.int64()),
+        pa.field("recent_mean_error", pa.float64()),
+    ]
+    metadata = {
+        "driftline.schema": "drift_events",
+        "driftline.schema_version": str(DRIFT_EVENTS_SCHEMA_VERSION),
+    }
+    return pa.schema(fields, metadata=metadata)
+
+
+class DriftEventSink:
+    """Drift events as small Parquet parts (events are rare), written at each flush."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "drift_events"
+        self._pending: list[dict[str, Any]] = []
+
+    def append(self, events: Sequence[dict[str, Any]]) -> None:
+        self._pending.extend(events)
+
+    def flush(self) -> Path | None:
+        if not self._pending:
+            return None
+        rows = self._pending
+        table = pa.table(
+            {
+                "ts": _epoch_ms(np.array([e["ts"] for e in rows])),
+                "scope": [e["scope"] for e in rows],
+                "sensor_id": [e["sensor_id"] for e in rows],
+                "detector": [e["detector"] for e in rows],
+                "model_version": [e["model_version"] for e in rows],
+                "observations": [e["observations"] for e in rows],
+                "recent_mean_error": [e["recent_mean_error"] for e in rows],
+            },
+            schema=drift_events_schema(),
+        )
+        date = datetime.fromtimestamp(rows[0]["ts"], UTC).strftime("%Y-%m-%d")
+        path = self.root / f"date={date}" / f"events-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+        write_parquet_atomically(table, path)
+        self._pending = []
+        return path
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A rejected message (or reading) with everything needed to find and replay it."""
+
+    reason: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: bytes | None
+    raw: bytes | None
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "reason": self.reason,
+                "source_topic": self.source_topic,
+                "source_partition": self.source_partition,
+                "source_offset": self.source_offset,
+                "key_b64": base64.b64encode(self.key).decode() if self.key is not None else None,
+                "raw_b64": base64.b64encode(self.raw).decode() if self.raw is not None else None,
+                "rejected_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            }
+        ).encode()
+
+
+class DeadLetterSink(Protocol):
+    def send(self, letter: DeadLetter) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class DeadLetterFile:
+    """Dead letters as JSON lines in a file (file sources and demos); fsynced on flush."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.path.open("ab")
+
+    def send(self, letter: DeadLetter) -> None:
+        self._handle.write(letter.to_json() + b"\n")
+
+    def flush(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self.flush()
+        self._handle.close()
+
+
+class KafkaDeadLetters:
+    """Dead letters to a Kafka topic, keyed like the source message; ``flush`` waits for the broker's acks."""
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+
+    def send(self, letter: DeadLetter) -> None:
+        self.producer.send(self.topic, key=letter.key, value=letter.to_json())
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+
+class KafkaEventPublisher:
+    """Drift events and model swaps as JSON on the events topic."""
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.producer.send(self.topic, value=json.dumps(event, default=str).encode())
+
+    def flush(self) -> None:
+        self.producer.flush()

@@ -1,0 +1,194 @@
+"""Where raw messages come from: a Kafka consumer group, or a file (the embedded default).
+
+Both give the scoring loop the same thing: batches of :class:`Record` (topic, partition, offset, key,
+value), a way to commit "everything before offset N of this partition is durable", and, for Kafka,
+assignment/revocation callbacks so the loop can rebuild windows and flush on rebalances.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from pipeline.config import KafkaSettings
+from pipeline.messages import encode_readings
+
+log = logging.getLogger(__name__)
+
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A partition handed to this consumer: where its committed offset is, and what the commit noted."""
+
+    topic: str
+    partition: int
+    committed: int  # next offset to process (0 if nothing was ever committed)
+    metadata: dict[str, Any]
+
+
+class Source(Protocol):
+    def poll(self, timeout_s: float, max_records: int) -> list[Record]: ...
+
+    def commit(self, offsets: dict[TopicPartitionKey, tuple[int, dict[str, Any]]]) -> None: ...
+
+    def seek(self, topic: str, partition: int, offset: int) -> None: ...
+
+    def lag(self) -> dict[TopicPartitionKey, int]: ...
+
+    def close(self) -> None: ...
+
+
+OnAssigned = Callable[[list[Assignment]], None]
+OnRevoked = Callable[[list[TopicPartitionKey]], None]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        if revoked and self.source.on_revoked is not None:
+            self.source.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        if not assigned or self.source.on_assigned is None:
+            return
+        assignments = []
+        for tp in assigned:
+            committed = self.source.consumer.committed(tp, metadata=True)
+            offset, metadata = 0, {}
+            if committed is not None and committed.offset is not None and committed.offset >= 0:
+                offset = committed.offset
+                try:
+                    metadata = json.loads(committed.metadata) if committed.metadata else {}
+                except json.JSONDecodeError:
+                    log.warning(
+                        "%s-%d: commit metadata %r is not JSON; ignoring it",
+                        tp.topic,
+                        tp.partition,
+                        committed.metadata,
+                    )
+            assignments.append(Assignment(tp.topic, tp.partition, offset, metadata))
+        self.source.on_assigned(assignments)
+
+
+class KafkaSource:
+    """A kafka-python consumer in a group, auto-commit off. Only the loop's thread may touch it."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        on_assigned: OnAssigned | None = None,
+        on_revoked: OnRevoked | None = None,
+    ) -> None:
+        self.on_assigned = on_assigned
+        self.on_revoked = on_revoked
+        self.consumer = KafkaConsumer(
+            **settings.client_options(),
+            group_id=settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.max_poll_records,
+            session_timeout_ms=settings.session_timeout_ms,
+            fetch_max_wait_ms=100,
+        )
+        self.consumer.subscribe(settings.topics, listener=_Listener(self))
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        batch = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        return [Record(r.topic, r.partition, r.offset, r.key, r.value) for records in batch.values() for r in records]
+
+    def commit(self, offsets: dict[TopicPartitionKey, tuple[int, dict[str, Any]]]) -> None:
+        if offsets:
+            self.consumer.commit(
+                {
+                    TopicPartition(topic, partition): OffsetAndMetadata(offset, json.dumps(meta), -1)
+                    for (topic, partition), (offset, meta) in offsets.items()
+                }
+            )
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self.consumer.seek(TopicPartition(topic, partition), offset)
+
+    def lag(self) -> dict[TopicPartitionKey, int]:
+        assigned = list(self.consumer.assignment())
+        if not assigned:
+            return {}
+        ends = self.consumer.end_offsets(assigned)
+        return {(tp.topic, tp.partition): max(0, ends[tp] - self.consumer.position(tp)) for tp in assigned}
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+def readings_from_frame(frame: pd.DataFrame, channels: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(sensor_id, reading dict) for every row of a table with sensor_id, timestamp and channel columns."""
+    if "sensor_id" not in frame.columns:
+        frame = frame.assign(sensor_id="sensor-000")
+    time_column = "timestamp" if "timestamp" in frame.columns else None
+    stamps = pd.to_datetime(frame[time_column] if time_column else frame.index.to_series(), utc=True)
+    times = ((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64)
+    values = frame[list(channels)].to_numpy(dtype=float)
+    for sensor, ts, row in zip(frame["sensor_id"].astype(str), times, values, strict=True):
+        yield (
+            sensor,
+            {"sensor_id": sensor, "ts": float(ts), "values": dict(zip(channels, row.tolist(), strict=True))},
+        )
+
+
+class FileSource:
+    """Replays a CSV/Parquet table as if it were one Kafka partition; commits are remembered in memory."""
+
+    def __init__(self, path: Path, channels: Sequence[str], topic: str = "file") -> None:
+        from models.data_io import read_readings
+
+        frame = read_readings(path)
+        if not isinstance(frame.index, pd.RangeIndex) and "timestamp" not in frame.columns:
+            frame = frame.reset_index(names="timestamp")
+        self.topic = f"file:{Path(path).name}" if topic == "file" else topic
+        self._records = [
+            Record(self.topic, 0, offset, sensor.encode(), encode_readings([reading]))
+            for offset, (sensor, reading) in enumerate(readings_from_frame(frame, channels))
+        ]
+        self._position = 0
+        self.committed: dict[TopicPartitionKey, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        batch = self._records[self._position : self._position + max_records]
+        self._position += len(batch)
+        return batch
+
+    def commit(self, offsets: dict[TopicPartitionKey, tuple[int, dict[str, Any]]]) -> None:
+        self.committed.update({tp: offset for tp, (offset, _) in offsets.items()})
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self._position = offset
+
+    def lag(self) -> dict[TopicPartitionKey, int]:
+        return {(self.topic, 0): len(self._records) - self._position}
+
+    def close(self) -> None:
+        pass

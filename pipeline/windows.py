@@ -1,0 +1,164 @@
+"""Per-sensor sliding windows built from a stream of readings. Knows nothing about Kafka.
+
+Rules (each counted in :class:`WindowStats`):
+
+- **Order.** Readings of one sensor must arrive in timestamp order. A reading older than the sensor's
+  last one is *late* and dropped; one with the same timestamp is a *duplicate* and dropped.
+- **Gaps.** A gap up to ``max_fill_s`` is forward-filled with the last values at the sample period
+  (``filled``); a longer gap restarts the sensor's window (``gap_restarts``): no window spans it.
+- **Stride.** A window of ``length`` readings is emitted when its last reading's timestamp, counted in
+  sample periods, is a multiple of ``stride``: the same windows come out however the stream is split
+  into batches or replayed.
+- **Idle sensors.** :meth:`WindowAssembler.evict_idle` forgets sensors silent for ``idle_ttl_s``.
+
+Each reading carries its source position (topic, partition, offset); a window carries the position of
+its last reading, and :meth:`WindowAssembler.rewind_offsets` says, per partition, the oldest offset
+still needed to rebuild the open windows after a restart.
+
+>>> import numpy as np
+>>> assembler = WindowAssembler(length=3)
+>>> out = [assembler.add("s1", float(t), np.array([float(t)]), ("topic", 0, t)) for t in range(4)]
+>>> [len(w) for w in out]
+[0, 0, 1, 1]
+>>> out[3][0].values[:, 0].tolist(), out[3][0].end_position
+([1.0, 2.0, 3.0], ('topic', 0, 3))
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Position = tuple[str, int, int]  # topic, partition, offset
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Window:
+    sensor_id: str
+    start_ts: float
+    end_ts: float
+    values: np.ndarray  # [length, channels]
+    end_position: Position
+    first_position: Position
+
+
+@dataclass
+class WindowStats:
+    accepted: int = 0
+    late: int = 0
+    duplicates: int = 0
+    filled: int = 0
+    gap_restarts: int = 0
+    evicted: int = 0
+    emitted: int = 0
+
+
+@dataclass
+class _SensorBuffer:
+    timestamps: deque[float]
+    values: deque[np.ndarray]
+    positions: deque[Position]
+    last_seen_ts: float = field(default=0.0)
+
+
+class WindowAssembler:
+    def __init__(
+        self,
+        length: int,
+        stride: int = 1,
+        sample_period_s: float = 1.0,
+        max_fill_s: float = 5.0,
+        idle_ttl_s: float = 3600.0,
+    ) -> None:
+        if length < 1 or stride < 1 or sample_period_s <= 0:
+            raise ValueError("length and stride must be >= 1 and sample_period_s > 0")
+        self.length = length
+        self.stride = stride
+        self.sample_period_s = sample_period_s
+        self.max_fill_s = max_fill_s
+        self.idle_ttl_s = idle_ttl_s
+        self.stats = WindowStats()
+        self._buffers: dict[str, _SensorBuffer] = {}
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    def _new_buffer(self) -> _SensorBuffer:
+        return _SensorBuffer(deque(maxlen=self.length), deque(maxlen=self.length), deque(maxlen=self.length))
+
+    def _emits(self, ts: float) -> bool:
+        return self.stride == 1 or round(ts / self.sample_period_s) % self.stride == 0
+
+    def _append(
+        self, buffer: _SensorBuffer, sensor_id: str, ts: float, values: np.ndarray, position: Position
+    ) -> Window | None:
+        buffer.timestamps.append(ts)
+        buffer.values.append(values)
+        buffer.positions.append(position)
+        if len(buffer.timestamps) < self.length or not self._emits(ts):
+            return None
+        self.stats.emitted += 1
+        return Window(sensor_id, buffer.timestamps[0], ts, np.stack(buffer.values), position, buffer.positions[0])
+
+    def add(self, sensor_id: str, ts: float, values: np.ndarray, position: Position) -> list[Window]:
+        """Feed one reading; return the windows it completes (forward-filled gaps may complete several)."""
+        buffer = self._buffers.get(sensor_id)
+        if buffer is None:
+            buffer = self._buffers[sensor_id] = self._new_buffer()
+        windows: list[Window] = []
+        if buffer.timestamps:
+            last = buffer.timestamps[-1]
+            if ts < last:
+                self.stats.late += 1
+                return windows
+            if ts == last:
+                self.stats.duplicates += 1
+                return windows
+            gap = ts - last
+            if gap > self.max_fill_s:
+                self.stats.gap_restarts += 1
+                buffer = self._buffers[sensor_id] = self._new_buffer()
+            else:
+                missing = round(gap / self.sample_period_s) - 1
+                fill_values = buffer.values[-1]
+                for k in range(1, missing + 1):
+                    self.stats.filled += 1
+                    window = self._append(buffer, sensor_id, last + k * self.sample_period_s, fill_values, position)
+                    if window is not None:
+                        windows.append(window)
+        self.stats.accepted += 1
+        buffer.last_seen_ts = ts
+        window = self._append(buffer, sensor_id, ts, values, position)
+        if window is not None:
+            windows.append(window)
+        return windows
+
+    def evict_idle(self, now_ts: float) -> list[str]:
+        """Forget sensors whose newest reading is older than ``idle_ttl_s`` before ``now_ts``."""
+        idle = [s for s, b in self._buffers.items() if now_ts - b.last_seen_ts > self.idle_ttl_s]
+        for sensor_id in idle:
+            del self._buffers[sensor_id]
+        self.stats.evicted += len(idle)
+        return idle
+
+    def rewind_offsets(self) -> dict[TopicPartitionKey, int]:
+        """Per (topic, partition): the oldest source offset still held in an open window."""
+        oldest: dict[TopicPartitionKey, int] = {}
+        for buffer in self._buffers.values():
+            for topic, partition, offset in buffer.positions:
+                key = (topic, partition)
+                if offset < oldest.get(key, offset + 1):
+                    oldest[key] = offset
+        return oldest
+
+    def drop_partitions(self, partitions: Iterable[TopicPartitionKey]) -> int:
+        """Forget the sensors whose latest reading came from ``partitions`` (after a revoke)."""
+        gone = set(partitions)
+        dropped = [s for s, b in self._buffers.items() if b.positions and b.positions[-1][:2] in gone]
+        for sensor_id in dropped:
+            del self._buffers[sensor_id]
+        return len(dropped)
