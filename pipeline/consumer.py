@@ -98,6 +98,7 @@ class ScoringLoop:
         self._processed: dict[TopicPartitionKey, int] = {}
         self._stop = False
         self._latest_ts = 0.0
+        self._last_activity = time.monotonic()
         self.metrics.set_model_version(scorer.model_version)
 
     # -- control ---------------------------------------------------------------------------
@@ -117,6 +118,7 @@ class ScoringLoop:
 
     # -- rebalance callbacks (called inside poll, on the loop's thread) -----------------------
     def on_assigned(self, assignments: list[Assignment]) -> None:
+        self._last_activity = time.monotonic()  # waiting for a (slow) group join is not idleness
         for a in assignments:
             tp = (a.topic, a.partition)
             removed = self.error_log.discard_uncommitted(a.topic, a.partition, a.committed)
@@ -160,9 +162,13 @@ class ScoringLoop:
         timeout_s: float | None = None,
         idle_timeout_s: float | None = None,
     ) -> LoopStats:
-        """Consume until asked to stop or a bound is reached; always ends with a flush and commit."""
+        """Consume until asked to stop or a bound is reached; always ends with a flush and commit.
+
+        ``idle_timeout_s`` counts from the latest record or partition assignment, so a consumer still
+        waiting to join its group (e.g. while a killed member's session expires) is not idle.
+        """
         self.source = source
-        started = last_activity = last_lag = time.monotonic()
+        started = last_lag = self._last_activity = time.monotonic()
         try:
             while not self._stop:
                 if self.before_batch is not None:
@@ -171,7 +177,7 @@ class ScoringLoop:
                 now = time.monotonic()
                 if records:
                     self.process(records)
-                    last_activity = now
+                    self._last_activity = now
                 if self.error_log.due() or (not records and self.error_log.pending_rows):
                     self.checkpoint()
                 if now - last_lag >= self.settings.lag_every_s:
@@ -181,7 +187,7 @@ class ScoringLoop:
                     break
                 if timeout_s is not None and now - started >= timeout_s:
                     break
-                if idle_timeout_s is not None and not records and now - last_activity >= idle_timeout_s:
+                if idle_timeout_s is not None and not records and now - self._last_activity >= idle_timeout_s:
                     break
         finally:
             self.checkpoint()

@@ -66,7 +66,7 @@ def _latent(rows: int, period_s: float, rng: np.random.Generator) -> np.ndarray:
     cycle = np.sin(2 * np.pi * t / period_s + phase[0])
     load = np.sin(2 * np.pi * t / (period_s * 3.7) + phase[1])
     wander = np.zeros(rows)
-    shocks = rng.normal(0, 0.05, rows)
+    shocks = rng.normal(0, 0.02, rows)
     for i in range(1, rows):
         wander[i] = 0.995 * wander[i - 1] + shocks[i]
     return np.stack([cycle, load, wander], axis=1)  # [rows, 3]
@@ -121,9 +121,12 @@ def simulate_sensor(spec: FleetSpec, sensor_index: int) -> pd.DataFrame:
     rng = np.random.default_rng([spec.seed, sensor_index])
     n_channels = len(spec.channels)
     latent = _latent(spec.rows, spec.period_s, rng)  # [rows, 3]
-    loadings = rng.normal(0, 1, (3, n_channels)) * np.array([[1.0], [0.6], [0.8]])  # [3, channels]
-    offsets = rng.uniform(5, 50, n_channels)
-    scales = rng.uniform(0.5, 3.0, n_channels)
+    # Sensors of a fleet are the same kind of machine: one design (loadings, operating point), small
+    # unit-to-unit differences.
+    design = np.random.default_rng([spec.seed, 20_000])
+    loadings = design.normal(0, 1, (3, n_channels)) * np.array([[1.0], [0.6], [0.4]])  # [3, channels]
+    offsets = design.uniform(5, 50, n_channels) * (1 + rng.normal(0, 0.01, n_channels))
+    scales = design.uniform(0.5, 3.0, n_channels) * (1 + rng.normal(0, 0.03, n_channels))
     weight = _drift_weight(spec.rows, spec.drift)[:, None]  # [rows, 1]
     if spec.drift is not None:
         drift_rng = np.random.default_rng([spec.seed, 10_000])  # the same new operating point fleet-wide

@@ -111,6 +111,10 @@ class KafkaSource:
             max_poll_records=settings.max_poll_records,
             session_timeout_ms=settings.session_timeout_ms,
             fetch_max_wait_ms=100,
+            # kafka-python 2.x refuses network frames above receive_message_max_bytes (default 1 MB) while
+            # fetch_max_bytes defaults to 50 MB: keep the fetch below the frame limit
+            fetch_max_bytes=8 * 1024 * 1024,
+            receive_message_max_bytes=16 * 1024 * 1024,
         )
         self.consumer.subscribe(settings.topics, listener=_Listener(self))
 

@@ -1,0 +1,271 @@
+"""The streaming scorer against a real Kafka broker: end to end, kill -9, rebalance, poison messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from models.detector import AnomalyDetector
+from models.registry import ModelRegistry
+from models.training import TrainingConfig
+from pipeline.config import load_config
+from pipeline.producer import produce
+from pipeline.service import serve
+from pipeline.simulator import FleetSpec, anomaly_episodes, simulate_fleet
+
+pytestmark = pytest.mark.kafka
+
+WINDOW = 20
+SPEC = FleetSpec(
+    sensors=6,
+    rows=900,
+    normal_prefix_rows=400,
+    anomalies_per_sensor=1,
+    anomaly_kinds=("level_shift",),
+    anomaly_rows=(60, 90),
+    seed=3,
+)
+CHANNELS = list(SPEC.channels)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> pd.DataFrame:
+    return simulate_fleet(SPEC)
+
+
+@pytest.fixture(scope="module")
+def registry_dir(tmp_path_factory: pytest.TempPathFactory, fleet: pd.DataFrame) -> Path:
+    """A model trained on the normal prefix of every sensor, published as the current version."""
+    segments = [g[CHANNELS].to_numpy()[: SPEC.normal_prefix_rows] for _, g in fleet.groupby("sensor_id")]
+    detector = AnomalyDetector.fit(
+        segments,
+        window=WINDOW,
+        hidden_size=32,
+        latent_size=4,
+        channels=tuple(CHANNELS),
+        training=TrainingConfig(epochs=25, batch_size=64, progress=False),
+    )
+    root = tmp_path_factory.mktemp("registry")
+    ModelRegistry(root).publish(detector, promote=True)
+    return root
+
+
+def make_topic(bootstrap: str, partitions: int) -> str:
+    topic = f"readings-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    admin.close()
+    return topic
+
+
+def write_config(tmp_path: Path, bootstrap: str, topic: str, registry_dir: Path, **sections: dict) -> Path:
+    config = {
+        "data_dir": str(tmp_path / "data"),
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "topics": [topic],
+            "group_id": f"g-{topic}",
+            "dead_letter_topic": f"{topic}-dlq",
+            "events_topic": f"{topic}-events",
+            "max_poll_records": 200,
+            "session_timeout_ms": 8000,
+        },
+        "model": {"registry_dir": str(registry_dir), "device": "cpu"},
+        "metrics": {"port": 0},
+        "sinks": {"roll_rows": 300, "roll_seconds": 1.0},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    path = tmp_path / "driftline.toml"
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def expected_windows(frame: pd.DataFrame) -> set[tuple[str, pd.Timestamp]]:
+    expected = set()
+    for sensor, group in frame.groupby("sensor_id"):
+        ends = group["timestamp"].sort_values().iloc[WINDOW - 1 :]
+        expected |= {(str(sensor), pd.Timestamp(ts)) for ts in ends}
+    return expected
+
+
+def read_log(data_dir: Path) -> pd.DataFrame:
+    errors = data_dir / "error_log" / "errors"
+    if not errors.exists():
+        return pd.DataFrame(columns=["sensor_id", "window_end"])
+    return pd.read_parquet(errors)
+
+
+def assert_exactly_once(log: pd.DataFrame, frame: pd.DataFrame) -> None:
+    keys = list(zip(log["sensor_id"], log["window_end"], strict=True))
+    duplicates = len(keys) - len(set(keys))
+    assert duplicates == 0, f"{duplicates} windows written twice"
+    missing = expected_windows(frame) - set(keys)
+    assert not missing, f"{len(missing)} windows never scored, e.g. {sorted(missing)[:3]}"
+    assert len(keys) == len(expected_windows(frame))
+
+
+def spawn_serve(config_path: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "DRIFTLINE_CONFIG": str(config_path), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "pipeline.cli", "serve", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_end_to_end_simulated_fleet_is_scored_and_anomalies_flagged(
+    kafka_broker, registry_dir, fleet, tmp_path
+) -> None:
+    topic = make_topic(kafka_broker.bootstrap_servers, partitions=3)
+    config = load_config(write_config(tmp_path, kafka_broker.bootstrap_servers, topic, registry_dir))
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all", linger_ms=10)
+    produce(producer, topic, fleet, CHANNELS, readings_per_message=3, progress=False)
+    producer.close()
+
+    stats = serve(config, idle_timeout_s=5)
+
+    log = read_log(config.data_dir)
+    assert_exactly_once(log, fleet)
+    assert stats.readings == len(fleet)
+    assert stats.commits >= 2
+    labels = fleet.set_index(["sensor_id", "timestamp"])["anomaly"]
+    log["label"] = labels.loc[
+        list(zip(log["sensor_id"], log["window_end"].dt.tz_convert("UTC"), strict=True))
+    ].to_numpy()
+    caught = 0
+    for sensor, group in fleet.groupby("sensor_id"):
+        for start, stop in anomaly_episodes(group["anomaly"].to_numpy()):
+            times = group["timestamp"].iloc[start:stop]
+            flagged = log[(log.sensor_id == sensor) & log.window_end.isin(times)]["anomaly"]
+            caught += int(flagged.any())
+    injected = sum(len(anomaly_episodes(g["anomaly"].to_numpy())) for _, g in fleet.groupby("sensor_id"))
+    assert caught >= injected - 1, f"only {caught} of {injected} injected level shifts were flagged"
+    normal = log[(log["label"] == 0)]
+    assert normal["anomaly"].mean() < 0.1, "normal windows should rarely alarm"
+
+
+def test_kill_9_mid_stream_then_restart_scores_every_window_exactly_once(kafka_broker, registry_dir, fleet, tmp_path):
+    topic = make_topic(kafka_broker.bootstrap_servers, partitions=3)
+    config_path = write_config(
+        tmp_path,
+        kafka_broker.bootstrap_servers,
+        topic,
+        registry_dir,
+        kafka={"max_poll_records": 50},
+        sinks={"roll_rows": 100, "roll_seconds": 0.2},
+    )
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all", linger_ms=10)
+    produce(producer, topic, fleet, CHANNELS, progress=False)
+    producer.close()
+    data_dir = tmp_path / "data"
+
+    first = spawn_serve(config_path, "--idle-timeout", "10")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(data_dir.rglob("part-*.parquet"))) < 4:
+        assert first.poll() is None, f"serve ended before it could be killed:\n{first.stdout.read()}"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    scored_before = len(read_log(data_dir))
+    assert 0 < scored_before < len(expected_windows(fleet)), "the kill must land mid-stream"
+
+    second = spawn_serve(config_path, "--idle-timeout", "5")
+    output, _ = second.communicate(timeout=180)
+    assert second.returncode == 0, output
+    assert_exactly_once(read_log(data_dir), fleet)
+
+
+def test_rebalance_between_two_consumers_loses_and_duplicates_nothing(kafka_broker, registry_dir, fleet, tmp_path):
+    topic = make_topic(kafka_broker.bootstrap_servers, partitions=4)
+    config_path = write_config(
+        tmp_path,
+        kafka_broker.bootstrap_servers,
+        topic,
+        registry_dir,
+        kafka={"max_poll_records": 50},
+        sinks={"roll_rows": 100, "roll_seconds": 0.2},
+    )
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all", linger_ms=10)
+    half = fleet.iloc[: len(fleet) // 2]
+    produce(producer, topic, half, CHANNELS, progress=False)
+    data_dir = tmp_path / "data"
+
+    first = spawn_serve(config_path, "--idle-timeout", "12")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(data_dir.rglob("part-*.parquet"))) < 2:
+        time.sleep(0.05)
+    second = spawn_serve(config_path, "--idle-timeout", "12")  # joins the group: partitions move
+    produce(producer, topic, fleet.iloc[len(fleet) // 2 :], CHANNELS, progress=False)
+    producer.close()
+    outputs = [process.communicate(timeout=240)[0] for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert any("partitions revoked" in output for output in outputs), "no rebalance happened"
+    assert_exactly_once(read_log(data_dir), fleet)
+
+
+def test_poison_messages_are_dead_lettered_and_the_stream_goes_on(kafka_broker, registry_dir, fleet, tmp_path) -> None:
+    topic = make_topic(kafka_broker.bootstrap_servers, partitions=1)
+    sensors = sorted(fleet["sensor_id"].unique())
+    config = load_config(
+        write_config(
+            tmp_path,
+            kafka_broker.bootstrap_servers,
+            topic,
+            registry_dir,
+            scoring={"allowed_sensors": sensors, "max_message_bytes": 10_000},
+        )
+    )
+    good = fleet[fleet["sensor_id"] == sensors[0]].iloc[:100]
+    poison = [
+        (b"bad-json", b"{not json"),
+        (b"no-values", json.dumps({"sensor_id": sensors[0], "ts": 5.0}).encode()),
+        (b"nan", b'{"sensor_id": "%s", "ts": 7.0, "values": {"flow": NaN}}' % sensors[0].encode()),
+        (
+            b"stranger",
+            json.dumps({"sensor_id": "stranger", "ts": 1.0, "values": dict.fromkeys(CHANNELS, 1.0)}).encode(),
+        ),
+        (b"huge", b"x" * 20_000),
+    ]
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all")
+    produce(producer, topic, good.iloc[:50], CHANNELS, progress=False)
+    for key, value in poison:
+        producer.send(topic, key=key, value=value)
+    produce(producer, topic, good.iloc[50:], CHANNELS, progress=False)
+    producer.close()
+
+    stats = serve(config, idle_timeout_s=4)
+
+    assert stats.dead_letters == len(poison)
+    assert stats.windows == len(good) - WINDOW + 1, "good readings around the poison are all scored"
+    dlq = KafkaConsumer(
+        f"{topic}-dlq",
+        bootstrap_servers=kafka_broker.bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    letters = [json.loads(message.value) for message in dlq]
+    dlq.close()
+    reasons = {letter["key_b64"]: letter["reason"] for letter in letters}
+    assert len(letters) == len(poison)
+    assert all(letter["source_topic"] == topic and letter["source_offset"] >= 50 for letter in letters)
+    import base64
+
+    by_key = {base64.b64decode(k): v for k, v in reasons.items()}
+    assert "not valid JSON" in by_key[b"bad-json"]
+    assert "values must be an object" in by_key[b"no-values"]
+    assert "NaN" in by_key[b"nan"] or "missing" in by_key[b"nan"]
+    assert "unknown sensor" in by_key[b"stranger"]
+    assert "byte limit" in by_key[b"huge"]
+    assert np.isfinite(read_log(config.data_dir)["error"]).all()
