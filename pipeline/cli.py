@@ -357,6 +357,50 @@ def benchmark_skab(app: _AppContext, data_dir: Path | None, limit: int | None, a
         click.echo(json.dumps(report.headline()))
 
 
+@benchmark.command("throughput")
+@click.option("--sensors", type=int, default=20, show_default=True)
+@click.option("--rows", type=int, default=5000, show_default=True, help="Readings per sensor.")
+@click.option("--partitions", type=int, default=3, show_default=True)
+@click.option("--latency-rate", type=float, default=2000.0, show_default=True, help="Readings/s in the latency phase.")
+@click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
+@pass_app
+def benchmark_throughput(
+    app: _AppContext, sensors: int, rows: int, partitions: int, latency_rate: float, as_json: bool
+) -> None:
+    """Scorer readings/s end to end vs consume-only vs model-only, plus p50/p99 latency, on a real broker.
+
+    Uses KAFKA_BOOTSTRAP_SERVERS-style config (kafka.bootstrap_servers) if a broker answers there,
+    else starts the local broker for the run.
+    """
+    import os
+
+    from pipeline.local_kafka import LocalKafkaBroker, fetch_kafka_jars
+    from pipeline.throughput_benchmark import run_throughput
+
+    config = app.config
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    broker = None
+    if external:
+        bootstrap = external
+    else:
+        import tempfile
+
+        broker = LocalKafkaBroker(
+            fetch_kafka_jars(config.local_kafka.cache_dir), Path(tempfile.mkdtemp()) / "kafka", heap="1g"
+        )
+        bootstrap = broker.start(config.local_kafka.start_timeout_s)
+    try:
+        result = run_throughput(
+            bootstrap, config, sensors=sensors, rows=rows, partitions=partitions, latency_rate=latency_rate
+        )
+    finally:
+        if broker is not None:
+            broker.stop()
+    click.echo(result.table())
+    if as_json:
+        click.echo(json.dumps(result.headline()))
+
+
 def tqdm_files(total: int):  # type: ignore[no-untyped-def]
     from tqdm.auto import tqdm
 
