@@ -401,6 +401,52 @@ def benchmark_throughput(
         click.echo(json.dumps(result.headline()))
 
 
+@cli.command()
+@click.option("--trigger", default="manual", show_default=True, help="Recorded with the decision.")
+@pass_app
+def retrain(app: _AppContext, trigger: str) -> None:
+    """Fine-tune the current model on recent normal data + replay; gate; publish and promote if better."""
+    from jobs.scheduler import run_exclusive
+    from models.registry import RegistryError
+
+    try:
+        decision = run_exclusive(app.config, trigger)
+    except RegistryError as error:
+        raise click.ClickException(str(error)) from None
+    if decision is None:
+        raise click.ClickException("retraining did not complete (another run holds the lock, or it failed: see log)")
+    click.echo(f"{decision.outcome}: {decision.reason}")
+    click.echo(
+        f"  recent windows {decision.recent_windows:,}, replay windows {decision.replay_windows:,}; "
+        f"current {decision.current_version} -> {decision.candidate_version or '(unchanged)'}"
+    )
+    if decision.candidate_recent_error is not None:
+        click.echo(
+            f"  held-out recent error: current {decision.current_recent_error:.5f}, "
+            f"candidate {decision.candidate_recent_error:.5f}"
+        )
+    if decision.candidate_replay_error is not None:
+        click.echo(
+            f"  held-out replay error: current {decision.current_replay_error:.5f}, "
+            f"candidate {decision.candidate_replay_error:.5f}"
+        )
+
+
+@cli.command()
+@pass_app
+def scheduler(app: _AppContext) -> None:
+    """Run retraining on retrain.interval_minutes / retrain.cron, and on drift events; one run at a time."""
+    import signal
+    import threading
+
+    from jobs.scheduler import run_scheduler
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_scheduler(app.config, stop)
+
+
 def tqdm_files(total: int):  # type: ignore[no-untyped-def]
     from tqdm.auto import tqdm
 

@@ -110,6 +110,7 @@ class ModelSettings(_Section):
     alarm_k: int = Field(1, ge=1, description="Alarm when alarm_k of the last alarm_n windows exceed.")
     alarm_n: int = Field(1, ge=1)
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    watch_interval_s: float = Field(1.0, gt=0, description="How often the scorer checks the registry for a new model.")
 
 
 class WindowSettings(_Section):
@@ -145,6 +146,21 @@ class MetricsSettings(_Section):
     address: str = "0.0.0.0"
 
 
+class RetrainSettings(_Section):
+    """The retraining job and its schedule."""
+
+    recent_hours: float = Field(6.0, gt=0, description="Sliding window of recent data read from the topic.")
+    epochs: int = Field(10, ge=1, description="Fine-tuning epochs.")
+    replay_capacity: int = Field(20_000, ge=1, description="Windows kept in the replay reservoir.")
+    replay_fraction: float = Field(1.0, ge=0, description="Replay windows per recent training window (0 = none).")
+    tolerance: float = Field(0.05, ge=0, description="Gate: candidate may be this much worse (relative).")
+    min_windows: int = Field(200, ge=1, description="Skip the run with fewer recent normal windows.")
+    interval_minutes: float | None = Field(60.0, gt=0, description="Run every N minutes (None: off).")
+    cron: str | None = Field(None, description="Crontab schedule instead of the interval, e.g. '0 */4 * * *'.")
+    on_drift: bool = Field(True, description="Also run when drift events arrive on kafka.events_topic.")
+    debounce_s: float = Field(60.0, ge=0, description="Drift events within this delay fire one run.")
+
+
 class BenchmarkSettings(_Section):
     skab_dir: Path = Field(Path("../shared/data/skab"), description="SKAB v0.9 folder (valve1, valve2, other).")
 
@@ -163,6 +179,7 @@ class DriftlineConfig(_Section):
     drift: DriftSettings = Field(default_factory=DriftSettings)
     sinks: SinkSettings = Field(default_factory=SinkSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     benchmarks: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
 
     @property

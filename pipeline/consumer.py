@@ -81,6 +81,7 @@ class ScoringLoop:
         metrics: ScoringMetrics | None = None,
         settings: LoopSettings = LoopSettings(),
         before_batch: Callable[[ScoringLoop], None] | None = None,
+        watcher: Any = None,
     ) -> None:
         self.scorer = scorer
         self.assembler = assembler
@@ -92,6 +93,7 @@ class ScoringLoop:
         self.metrics = metrics or ScoringMetrics()
         self.settings = settings
         self.before_batch = before_batch
+        self.watcher = watcher  # started and stopped by run(), if given (see pipeline.model_watch)
         self.stats = LoopStats()
         self.source: Source | None = None
         self._emit_from: dict[TopicPartitionKey, int] = {}
@@ -169,6 +171,8 @@ class ScoringLoop:
         """
         self.source = source
         started = last_lag = self._last_activity = time.monotonic()
+        if self.watcher is not None:
+            self.watcher.start()
         try:
             while not self._stop:
                 if self.before_batch is not None:
@@ -190,6 +194,8 @@ class ScoringLoop:
                 if idle_timeout_s is not None and not records and now - self._last_activity >= idle_timeout_s:
                     break
         finally:
+            if self.watcher is not None:
+                self.watcher.stop()
             self.checkpoint()
             source.close()
         return self.stats

@@ -17,6 +17,7 @@ from pipeline.config import DriftlineConfig
 from pipeline.consumer import EventPublisher, LoopSettings, LoopStats, ScoringLoop
 from pipeline.drift import DriftMonitor
 from pipeline.metrics import ScoringMetrics
+from pipeline.model_watch import RegistryWatcher, hot_swap_hook
 from pipeline.scorer import WindowScorer
 from pipeline.sinks import (
     DeadLetterFile,
@@ -62,6 +63,9 @@ def build_loop(
         scorer.window,
         list(scorer.channels),
     )
+    watcher = RegistryWatcher(
+        registry, version, config.model.watch_interval_s, str(resolve_device(config.model.device))
+    )
     return ScoringLoop(
         scorer,
         assembler,
@@ -72,6 +76,8 @@ def build_loop(
         events=events,
         metrics=metrics,
         settings=settings,
+        before_batch=hot_swap_hook(watcher),
+        watcher=watcher,
     )
 
 

@@ -1,0 +1,304 @@
+"""The retraining job: fine-tune the current model on recent normal windows plus a replay buffer, gate
+the candidate, publish and promote it.
+
+**Recent data comes from the sensor topic itself**, read by time range (``offsets_for_times``): the
+topic is the system of record the scorer consumed, so retraining needs no second copy of raw data and
+sees exactly what was scored. Windows the error log flagged anomalous are left out.
+
+**Gate.** The recent windows are split in time: the oldest 60 % train, the next 20 % drive early
+stopping, the newest 20 % are the *held-out recent slice*; the replay buffer is split 80/20 the same
+way. The candidate is promoted only if its mean reconstruction error is no worse than the current
+model's by more than ``tolerance`` (relative) on the held-out recent slice *and* on the held-out replay
+windows (the catastrophic-forgetting guard). The threshold is recalibrated with the current model's
+rule on the candidate's errors over held-out normal windows. Every decision is a row in
+``<error log>/retraining/`` (Parquet).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from jobs.replay import ReplayBuffer
+from models.detector import AnomalyDetector
+from models.registry import ModelRegistry
+from models.scoring import reconstruction_errors
+from models.threshold import make_rule
+from models.training import TrainingConfig, train_autoencoder
+from pipeline.config import DriftlineConfig, KafkaSettings
+from pipeline.messages import decode_message
+from pipeline.sinks import write_parquet_atomically
+from pipeline.windows import WindowAssembler
+
+log = logging.getLogger(__name__)
+
+RETRAINING_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    """One run of the job: what it compared, what it decided, and why."""
+
+    at: str
+    trigger: str
+    outcome: str  # promoted | rejected | skipped
+    reason: str
+    current_version: str
+    candidate_version: str | None
+    recent_windows: int
+    replay_windows: int
+    current_recent_error: float | None = None
+    candidate_recent_error: float | None = None
+    current_replay_error: float | None = None
+    candidate_replay_error: float | None = None
+    threshold_before: float | None = None
+    threshold_after: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_recent_readings(
+    settings: KafkaSettings, channels: Sequence[str], since_s: float, until_s: float | None = None
+) -> pd.DataFrame:
+    """Readings on the sensor topics with Kafka timestamps in ``[since_s, until_s]`` (decoded, valid only)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        **settings.client_options(),
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_bytes=8 * 1024 * 1024,
+        receive_message_max_bytes=16 * 1024 * 1024,
+    )
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in settings.topics
+            for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        consumer.assign(partitions)
+        starts = consumer.offsets_for_times({tp: int(since_s * 1000) for tp in partitions})
+        ends = consumer.end_offsets(partitions)
+        active = {}
+        for tp in partitions:
+            start = starts.get(tp)
+            if start is not None and start.offset < ends[tp]:
+                consumer.seek(tp, start.offset)
+                active[tp] = ends[tp]
+            else:
+                consumer.pause(tp)
+        rows: list[tuple[str, float, np.ndarray]] = []
+        until_ms = int(until_s * 1000) if until_s is not None else None
+        while active:
+            for tp, records in consumer.poll(timeout_ms=1000).items():
+                for record in records:
+                    if record.offset >= active.get(tp, -1):
+                        continue
+                    if until_ms is None or record.timestamp <= until_ms:
+                        decoded = decode_message(record.value, record.key, channels)
+                        rows.extend((r.sensor_id, r.ts, r.values) for r in decoded.readings)
+                if consumer.position(tp) >= active.get(tp, 0):
+                    active.pop(tp, None)
+                    consumer.pause(tp)
+    finally:
+        consumer.close()
+    frame = pd.DataFrame({"sensor_id": [r[0] for r in rows], "ts": [r[1] for r in rows]})
+    values = np.stack([r[2] for r in rows]) if rows else np.empty((0, len(channels)))
+    for i, channel in enumerate(channels):
+        frame[channel] = values[:, i]
+    return frame
+
+
+def anomalous_window_ends(error_log_dir: Path, since_s: float) -> set[tuple[str, int]]:
+    """(sensor_id, window end in ms) of windows the error log flagged anomalous since ``since_s``."""
+    errors = Path(error_log_dir) / "errors"
+    if not errors.exists():
+        return set()
+    dataset = ds.dataset(errors, format="parquet", partitioning="hive")
+    since = pa.scalar(int(since_s * 1000), pa.timestamp("ms", tz="UTC"))
+    flagged = ds.field("anomaly").isin([True]) & (ds.field("window_end") >= since)
+    table = dataset.to_table(columns=["sensor_id", "window_end"], filter=flagged)
+    ends = table["window_end"].cast(pa.int64()).to_pylist()
+    return set(zip(table["sensor_id"].to_pylist(), ends, strict=True))
+
+
+def normal_windows(
+    readings: pd.DataFrame,
+    channels: Sequence[str],
+    window: int,
+    exclude: set[tuple[str, int]] | None = None,
+    max_fill_s: float = 5.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw windows ``[n, window, channels]`` of every sensor in end-time order, minus ``exclude``; and end times."""
+    exclude = exclude or set()
+    assembler = WindowAssembler(window, max_fill_s=max_fill_s, idle_ttl_s=float("inf"))
+    values = readings[list(channels)].to_numpy(dtype=np.float64)
+    out, ends = [], []
+    order = np.argsort(readings["ts"].to_numpy(), kind="stable")
+    sensors, times = readings["sensor_id"].to_numpy(), readings["ts"].to_numpy()
+    for i in order:
+        for w in assembler.add(str(sensors[i]), float(times[i]), values[i], ("recent", 0, int(i))):
+            if (w.sensor_id, round(w.end_ts * 1000)) not in exclude:
+                out.append(w.values)
+                ends.append(w.end_ts)
+    if not out:
+        return np.empty((0, window, len(channels)), dtype=np.float32), np.empty(0)
+    return np.stack(out).astype(np.float32), np.asarray(ends)
+
+
+def _mean_error(detector: AnomalyDetector, windows: np.ndarray) -> float | None:
+    if len(windows) == 0:
+        return None
+    return float(reconstruction_errors(detector.model, detector.scaler.transform(windows)).error.mean())
+
+
+def fine_tune_and_gate(
+    current: AnomalyDetector,
+    recent: np.ndarray,
+    replay: ReplayBuffer | None,
+    *,
+    training: TrainingConfig,
+    replay_fraction: float = 1.0,
+    tolerance: float = 0.05,
+    min_windows: int = 200,
+) -> tuple[AnomalyDetector | None, dict[str, Any]]:
+    """The pure core of the job: returns (candidate if it passed the gate else None, metrics and reason)."""
+    n = len(recent)
+    if n < min_windows:
+        return None, {"outcome": "skipped", "reason": f"only {n} recent normal windows (< {min_windows})"}
+    train_end, val_end = int(n * 0.6), int(n * 0.8)
+    recent_train, recent_val, recent_gate = recent[:train_end], recent[train_end:val_end], recent[val_end:]
+    replay_windows = replay.windows if replay is not None else np.empty((0, *recent.shape[1:]), np.float32)
+    cut = int(len(replay_windows) * 0.8)
+    replay_train, replay_gate = replay_windows[:cut], replay_windows[cut:]
+    n_replay = min(len(replay_train), int(len(recent_train) * replay_fraction))
+    if n_replay:
+        chosen = np.random.default_rng(training.seed).choice(len(replay_train), n_replay, replace=False)
+        train_set = np.concatenate([recent_train, replay_train[np.sort(chosen)]])
+    else:
+        train_set = recent_train
+
+    candidate = copy.deepcopy(current)
+    candidate.model.cpu()
+    scale = candidate.scaler.transform
+    candidate.training = train_autoencoder(candidate.model, scale(train_set), training, val_windows=scale(recent_val))
+    metrics: dict[str, Any] = {
+        "current_recent_error": _mean_error(current, recent_gate),
+        "candidate_recent_error": _mean_error(candidate, recent_gate),
+        "current_replay_error": _mean_error(current, replay_gate),
+        "candidate_replay_error": _mean_error(candidate, replay_gate),
+        "replay_windows": int(n_replay),
+    }
+    worse_recent = metrics["candidate_recent_error"] > metrics["current_recent_error"] * (1 + tolerance)
+    worse_replay = metrics["candidate_replay_error"] is not None and metrics["candidate_replay_error"] > metrics[
+        "current_replay_error"
+    ] * (1 + tolerance)
+    if worse_recent or worse_replay:
+        where = "the held-out recent slice" if worse_recent else "the replay buffer (forgetting guard)"
+        metrics |= {"outcome": "rejected", "reason": f"candidate worse than current on {where} beyond {tolerance:.0%}"}
+        return None, metrics
+    assert current.threshold is not None
+    params = {k: v for k, v in current.threshold.params.items() if k in ("q", "k", "risk", "initial_quantile")}
+    calibration = (
+        np.concatenate([recent_val, recent_gate, replay_gate])
+        if len(replay_gate)
+        else np.concatenate([recent_val, recent_gate])
+    )
+    errors = reconstruction_errors(candidate.model, scale(calibration)).error
+    margin = float(current.threshold.params.get("margin", 1.0))
+    candidate.threshold = make_rule(current.threshold.rule, **params).fit(errors).with_margin(margin)
+    metrics |= {"outcome": "promoted", "reason": "no worse on recent and replay slices"}
+    return candidate, metrics
+
+
+def record_decision(error_log_dir: Path, decision: RetrainDecision) -> Path:
+    frame = pd.DataFrame([decision.to_dict()])
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {"driftline.schema": "retraining", "driftline.schema_version": str(RETRAINING_SCHEMA_VERSION)}
+    )
+    date = decision.at[:10]
+    path = (
+        Path(error_log_dir)
+        / "retraining"
+        / f"date={date}"
+        / f"decision-{decision.at.replace(':', '')}-{uuid.uuid4().hex[:6]}.parquet"
+    )
+    write_parquet_atomically(table, path)
+    return path
+
+
+def retrain_once(
+    config: DriftlineConfig,
+    *,
+    trigger: str = "manual",
+    readings: pd.DataFrame | None = None,
+    now_s: float | None = None,
+) -> RetrainDecision:
+    """Run the job once: read recent data, fine-tune with replay, gate, publish/promote, log the decision."""
+    started = time.perf_counter()
+    settings = config.retrain
+    now_s = now_s if now_s is not None else time.time()
+    registry = ModelRegistry(config.registry_dir)
+    loaded = registry.load()
+    current = loaded.detector
+    version = loaded.metadata.get("version", loaded.path.name)
+    since = now_s - settings.recent_hours * 3600
+    if readings is None:
+        readings = read_recent_readings(config.kafka, current.channels, since, now_s)
+    flagged = anomalous_window_ends(config.error_log_dir, since)
+    recent, _ = normal_windows(readings, current.channels, current.window, flagged, config.windows.max_fill_s)
+    replay_path = config.data_dir / "replay" / "buffer.npz"
+    replay = ReplayBuffer.load(replay_path, current.window, len(current.channels), settings.replay_capacity)
+    training = replace(config.training, epochs=settings.epochs, device="cpu", progress=False)
+    candidate, metrics = fine_tune_and_gate(
+        current,
+        recent,
+        replay if settings.replay_fraction > 0 else None,
+        training=training,
+        replay_fraction=settings.replay_fraction,
+        tolerance=settings.tolerance,
+        min_windows=settings.min_windows,
+    )
+    candidate_version = None
+    if candidate is not None:
+        candidate_version = registry.publish(
+            candidate,
+            promote=True,
+            reason=f"retrain ({trigger})",
+            extra={"parent_version": version, "trigger": trigger},
+        )
+    if len(recent):
+        replay.add(recent[: int(len(recent) * 0.6)])  # train part only: held-out slices stay unseen
+        replay.save(replay_path)
+    decision = RetrainDecision(
+        at=datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="seconds"),
+        trigger=trigger,
+        outcome=metrics.pop("outcome"),
+        reason=metrics.pop("reason"),
+        current_version=version,
+        candidate_version=candidate_version,
+        recent_windows=len(recent),
+        replay_windows=int(metrics.pop("replay_windows", 0)),
+        threshold_before=current.threshold.value if current.threshold else None,
+        threshold_after=candidate.threshold.value if candidate is not None and candidate.threshold else None,
+        seconds=time.perf_counter() - started,
+        **metrics,
+    )
+    record_decision(config.error_log_dir, decision)
+    log.info("retraining %s: %s (%s)", decision.outcome, decision.reason, decision.candidate_version or version)
+    return decision

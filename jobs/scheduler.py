@@ -1,0 +1,167 @@
+"""Runs the retraining job on a schedule (APScheduler) and when drift events arrive, one run at a time.
+
+Policies:
+
+- **One at a time, across processes.** Every run takes an exclusive ``flock`` on
+  ``<data_dir>/retrain.lock`` without waiting; a run that finds it held is skipped and logged. The OS
+  drops the lock when its holder dies, so a crashed run never blocks the next one (no stale lock).
+- **Missed runs** (scheduler down or busy past the time) are coalesced: at most one catch-up run, and
+  only within ``misfire_grace_time`` (half the interval); older misses are dropped.
+- **Drift trigger.** A ``drift`` event on ``kafka.events_topic`` schedules one run ``debounce_s`` later;
+  further events before it starts join that run instead of adding runs.
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> lock = RetrainLock(Path(tempfile.mkdtemp()) / "retrain.lock")
+>>> with lock.hold() as first, RetrainLock(lock.path).hold() as second:
+...     first, second
+(True, False)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from jobs.retrain import RetrainDecision, retrain_once
+from pipeline.config import DriftlineConfig
+
+log = logging.getLogger(__name__)
+
+SCHEDULED_JOB = "retrain-scheduled"
+DRIFT_JOB = "retrain-on-drift"
+
+
+class RetrainLock:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def hold(self) -> Iterator[bool]:
+        """Yield True if this process now holds the lock, False if another does (never blocks)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {datetime.now(UTC).isoformat(timespec='seconds')}\n".encode())
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def run_exclusive(
+    config: DriftlineConfig, trigger: str, job: Callable[..., RetrainDecision] = retrain_once
+) -> RetrainDecision | None:
+    """Run the job unless another run holds the lock; return its decision or None if skipped."""
+    with RetrainLock(config.data_dir / "retrain.lock").hold() as acquired:
+        if not acquired:
+            log.info("retraining (%s) skipped: another run holds %s", trigger, config.data_dir / "retrain.lock")
+            return None
+        try:
+            return job(config, trigger=trigger)
+        except Exception:  # a failed run must not kill the scheduler; the next one tries again
+            log.exception("retraining (%s) failed; the current model keeps serving", trigger)
+            return None
+
+
+def build_scheduler(config: DriftlineConfig, job: Callable[..., RetrainDecision] = retrain_once) -> BackgroundScheduler:
+    settings = config.retrain
+    scheduler = BackgroundScheduler(timezone="UTC")
+    if settings.cron:
+        trigger = CronTrigger.from_crontab(settings.cron, timezone="UTC")
+        grace = 300
+    elif settings.interval_minutes:
+        trigger = IntervalTrigger(minutes=settings.interval_minutes, timezone="UTC")
+        grace = int(settings.interval_minutes * 30)
+    else:
+        trigger = None
+    if trigger is not None:
+        scheduler.add_job(
+            run_exclusive,
+            trigger,
+            args=[config, "schedule", job],
+            id=SCHEDULED_JOB,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(grace, 1),
+        )
+    return scheduler
+
+
+def request_drift_run(
+    scheduler: BackgroundScheduler,
+    config: DriftlineConfig,
+    reason: str,
+    job: Callable[..., RetrainDecision] = retrain_once,
+) -> bool:
+    """Schedule one run after the debounce delay; False if one is already pending (events coalesce)."""
+    if scheduler.get_job(DRIFT_JOB) is not None:
+        return False
+    run_at = datetime.now(UTC) + timedelta(seconds=config.retrain.debounce_s)
+    scheduler.add_job(
+        run_exclusive,
+        "date",
+        run_date=run_at,
+        args=[config, f"drift: {reason}", job],
+        id=DRIFT_JOB,
+        max_instances=1,
+        misfire_grace_time=None,
+    )
+    log.info("drift event: retraining scheduled at %s (%s)", run_at.isoformat(timespec="seconds"), reason)
+    return True
+
+
+def run_scheduler(
+    config: DriftlineConfig, stop: threading.Event, job: Callable[..., RetrainDecision] = retrain_once
+) -> None:
+    """Run until ``stop`` is set: the schedule, plus drift-triggered runs from the events topic."""
+    scheduler = build_scheduler(config, job)
+    scheduler.start()
+    log.info("scheduler started: %s", [str(j.trigger) for j in scheduler.get_jobs()] or "no schedule")
+    consumer = None
+    try:
+        if config.retrain.on_drift:
+            from kafka import KafkaConsumer
+
+            consumer = KafkaConsumer(
+                config.kafka.events_topic,
+                **config.kafka.client_options(),
+                group_id=f"{config.kafka.group_id}-retrain",
+                auto_offset_reset="latest",
+            )
+        while not stop.is_set():
+            if consumer is None:
+                stop.wait(1.0)
+                continue
+            for records in consumer.poll(timeout_ms=1000).values():
+                for record in records:
+                    try:
+                        event = json.loads(record.value)
+                    except (TypeError, json.JSONDecodeError):
+                        continue
+                    if isinstance(event, dict) and event.get("type") == "drift":
+                        where = event.get("sensor_id") or "fleet"
+                        request_drift_run(scheduler, config, f"{event.get('detector')} on {where}", job)
+    finally:
+        if consumer is not None:
+            consumer.close()
+        scheduler.shutdown(wait=True)

@@ -1,0 +1,145 @@
+"""Replay buffer, the validation gate, the retraining job's decision log, and one-run-at-a-time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jobs.replay import ReplayBuffer
+from jobs.retrain import RetrainDecision, fine_tune_and_gate, normal_windows, retrain_once
+from jobs.scheduler import RetrainLock, build_scheduler, request_drift_run, run_exclusive
+from models.detector import AnomalyDetector
+from models.registry import ModelRegistry
+from models.training import TrainingConfig
+from pipeline.config import load_config
+from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
+
+SPEC = FleetSpec(sensors=3, rows=1600, anomalies_per_sensor=0, drift=DriftSpec(at_row=800, offset_sd=2.0), seed=5)
+CHANNELS = list(SPEC.channels)
+FAST = TrainingConfig(epochs=12, batch_size=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> pd.DataFrame:
+    return simulate_fleet(SPEC)
+
+
+@pytest.fixture(scope="module")
+def old_regime_detector(fleet: pd.DataFrame) -> AnomalyDetector:
+    segments = [g[CHANNELS].to_numpy()[:800] for _, g in fleet.groupby("sensor_id")]
+    return AnomalyDetector.fit(segments, window=20, hidden_size=32, latent_size=4, channels=tuple(CHANNELS),
+                               training=FAST)
+
+
+def readings_of(fleet: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
+    part = pd.concat([g.iloc[start:stop] for _, g in fleet.groupby("sensor_id")])
+    part = part.assign(ts=(part["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
+    return part[["sensor_id", "ts", *CHANNELS]]
+
+
+def test_reservoir_keeps_a_uniform_sample_and_round_trips(tmp_path: Path) -> None:
+    buffer = ReplayBuffer(capacity=500, window=2, n_channels=1, seed=1)
+    stream = np.arange(10_000, dtype=np.float32).reshape(-1, 1, 1).repeat(2, axis=1)
+    for chunk in np.array_split(stream, 37):
+        buffer.add(chunk)
+    kept = buffer.windows[:, 0, 0]
+    assert len(buffer) == 500 and buffer.seen == 10_000
+    assert 3500 < kept.mean() < 6500, "early and late windows should be equally likely to stay"
+    buffer.save(tmp_path / "replay.npz")
+    loaded = ReplayBuffer.load(tmp_path / "replay.npz", window=2, n_channels=1, capacity=500)
+    assert np.array_equal(loaded.windows, buffer.windows) and loaded.seen == 10_000
+    with pytest.raises(ValueError, match="shape"):
+        ReplayBuffer.load(tmp_path / "replay.npz", window=3, n_channels=1, capacity=500)
+
+
+def test_windows_flagged_anomalous_are_left_out_of_retraining(fleet: pd.DataFrame) -> None:
+    readings = readings_of(fleet, 0, 100)
+    windows, ends = normal_windows(readings, CHANNELS, 20)
+    assert len(windows) == 3 * 81
+    flagged = {("sensor-000", round(ends[0] * 1000))}
+    assert len(normal_windows(readings, CHANNELS, 20, flagged)[0]) == len(windows) - 1
+
+
+def test_gate_promotes_a_candidate_that_learned_the_new_regime(fleet, old_regime_detector) -> None:
+    recent, _ = normal_windows(readings_of(fleet, 900, 1600), CHANNELS, 20)
+    replay = ReplayBuffer(5000, 20, len(CHANNELS))
+    replay.add(normal_windows(readings_of(fleet, 0, 800), CHANNELS, 20)[0])
+    candidate, metrics = fine_tune_and_gate(old_regime_detector, recent, replay, training=FAST, tolerance=0.05)
+    assert metrics["outcome"] == "promoted", metrics
+    assert candidate is not None and candidate.threshold is not None
+    assert metrics["candidate_recent_error"] < 0.8 * metrics["current_recent_error"]
+    assert metrics["candidate_replay_error"] <= 1.05 * metrics["current_replay_error"]
+
+
+def test_forgetting_guard_rejects_a_candidate_that_lost_the_old_regime(fleet, old_regime_detector) -> None:
+    recent, _ = normal_windows(readings_of(fleet, 900, 1600), CHANNELS, 20)
+    replay = ReplayBuffer(5000, 20, len(CHANNELS))
+    replay.add(normal_windows(readings_of(fleet, 0, 800), CHANNELS, 20)[0])
+    # trained on recent data only (no replay in the training mix), judged on replay with no slack
+    candidate, metrics = fine_tune_and_gate(old_regime_detector, recent, replay, training=FAST,
+                                            replay_fraction=0.0, tolerance=0.0)
+    assert candidate is None
+    assert metrics["outcome"] == "rejected"
+    assert "replay buffer" in metrics["reason"]
+
+
+def test_retrain_job_publishes_promotes_and_logs_its_decision(fleet, old_regime_detector, tmp_path) -> None:
+    config = load_config(overrides=[f"data_dir={tmp_path}", "retrain.epochs=12", "retrain.recent_hours=1"])
+    registry = ModelRegistry(config.registry_dir)
+    first = registry.publish(old_regime_detector, promote=True)
+    readings = readings_of(fleet, 900, 1600)
+    decision = retrain_once(config, trigger="test", readings=readings, now_s=float(readings["ts"].max()))
+    assert decision.outcome == "promoted", decision
+    assert registry.current_version() == decision.candidate_version != first
+    assert registry.load().metadata["parent_version"] == first
+    logged = pd.read_parquet(tmp_path / "error_log" / "retraining")
+    assert logged["outcome"].tolist() == ["promoted"]
+    assert (tmp_path / "replay" / "buffer.npz").exists()
+
+
+def test_concurrent_runs_take_turns_through_the_lock(tmp_path: Path) -> None:
+    config = load_config(overrides=[f"data_dir={tmp_path}"])
+    started = []
+
+    def slow_job(_config, trigger):
+        started.append(trigger)
+        time.sleep(0.5)
+        return RetrainDecision("t", trigger, "skipped", "test", "v000001", None, 0, 0)
+
+    results = []
+    threads = [threading.Thread(target=lambda t=t: results.append(run_exclusive(config, t, slow_job)))
+               for t in ("schedule", "drift")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(started) == 1, "only one run may hold the lock"
+    assert sorted(r is None for r in results) == [False, True]
+    with RetrainLock(config.data_dir / "retrain.lock").hold() as acquired:
+        assert acquired, "the lock is free again once the run ended"
+
+
+def test_schedule_and_drift_trigger_give_one_run(tmp_path: Path) -> None:
+    config = load_config(overrides=[f"data_dir={tmp_path}", "retrain.debounce_s=0.3", "retrain.interval_minutes=60"])
+    runs = []
+
+    def job(_config, trigger):
+        runs.append(trigger)
+        time.sleep(0.3)
+        return RetrainDecision("t", trigger, "skipped", "test", "v000001", None, 0, 0)
+
+    scheduler = build_scheduler(config, job)
+    scheduler.start()
+    try:
+        assert request_drift_run(scheduler, config, "adwin on s1", job)
+        assert not request_drift_run(scheduler, config, "adwin on s2", job), "events coalesce into the pending run"
+        scheduler.get_job("retrain-scheduled").modify(next_run_time=scheduler.get_job("retrain-on-drift").next_run_time)
+        time.sleep(1.5)
+    finally:
+        scheduler.shutdown(wait=True)
+    assert len(runs) == 1, runs
