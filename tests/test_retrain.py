@@ -32,8 +32,9 @@ def fleet() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def old_regime_detector(fleet: pd.DataFrame) -> AnomalyDetector:
     segments = [g[CHANNELS].to_numpy()[:800] for _, g in fleet.groupby("sensor_id")]
-    return AnomalyDetector.fit(segments, window=20, hidden_size=32, latent_size=4, channels=tuple(CHANNELS),
-                               training=FAST)
+    return AnomalyDetector.fit(
+        segments, window=20, hidden_size=32, latent_size=4, channels=tuple(CHANNELS), training=FAST
+    )
 
 
 def readings_of(fleet: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
@@ -81,8 +82,9 @@ def test_forgetting_guard_rejects_a_candidate_that_lost_the_old_regime(fleet, ol
     replay = ReplayBuffer(5000, 20, len(CHANNELS))
     replay.add(normal_windows(readings_of(fleet, 0, 800), CHANNELS, 20)[0])
     # trained on recent data only (no replay in the training mix), judged on replay with no slack
-    candidate, metrics = fine_tune_and_gate(old_regime_detector, recent, replay, training=FAST,
-                                            replay_fraction=0.0, tolerance=0.0)
+    candidate, metrics = fine_tune_and_gate(
+        old_regime_detector, recent, replay, training=FAST, replay_fraction=0.0, tolerance=0.0
+    )
     assert candidate is None
     assert metrics["outcome"] == "rejected"
     assert "replay buffer" in metrics["reason"]
@@ -112,8 +114,10 @@ def test_concurrent_runs_take_turns_through_the_lock(tmp_path: Path) -> None:
         return RetrainDecision("t", trigger, "skipped", "test", "v000001", None, 0, 0)
 
     results = []
-    threads = [threading.Thread(target=lambda t=t: results.append(run_exclusive(config, t, slow_job)))
-               for t in ("schedule", "drift")]
+    threads = [
+        threading.Thread(target=lambda t=t: results.append(run_exclusive(config, t, slow_job)))
+        for t in ("schedule", "drift")
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -119,6 +119,21 @@ def assert_exactly_once(log: pd.DataFrame, frame: pd.DataFrame) -> None:
     assert len(keys) == len(expected_windows(frame))
 
 
+def wait_for_members(bootstrap: str, group: str, members: int, timeout_s: float = 120) -> None:
+    """Block until the consumer group has ``members`` members in a stable state."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            description = admin.describe_consumer_groups([group])[0]
+            if description.state == "Stable" and len(description.members) == members:
+                return
+            time.sleep(0.2)
+    finally:
+        admin.close()
+    raise AssertionError(f"group {group} never reached {members} stable members")
+
+
 def spawn_serve(config_path: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "DRIFTLINE_CONFIG": str(config_path), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "pipeline.cli", "serve", *args]
@@ -202,11 +217,12 @@ def test_rebalance_between_two_consumers_loses_and_duplicates_nothing(kafka_brok
     produce(producer, topic, half, CHANNELS, progress=False)
     data_dir = tmp_path / "data"
 
-    first = spawn_serve(config_path, "--idle-timeout", "12")
+    first = spawn_serve(config_path, "--idle-timeout", "15")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(data_dir.rglob("part-*.parquet"))) < 2:
         time.sleep(0.05)
-    second = spawn_serve(config_path, "--idle-timeout", "12")  # joins the group: partitions move
+    second = spawn_serve(config_path, "--idle-timeout", "15")  # joins the group: partitions move
+    wait_for_members(kafka_broker.bootstrap_servers, load_config(config_path).kafka.group_id, 2)
     produce(producer, topic, fleet.iloc[len(fleet) // 2 :], CHANNELS, progress=False)
     producer.close()
     outputs = [process.communicate(timeout=240)[0] for process in (first, second)]
