@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -9,13 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from kafka import KafkaProducer
+from test_serve_kafka import CHANNELS, SPEC, assert_exactly_once, make_topic, read_log, write_config
 
 from models.checkpoint import WEIGHTS_FILE
 from models.registry import ModelRegistry
 from pipeline.config import load_config
 from pipeline.producer import produce
 from pipeline.service import serve
-from test_serve_kafka import CHANNELS, SPEC, assert_exactly_once, make_topic, read_log, write_config
 
 pytestmark = pytest.mark.kafka
 
@@ -93,7 +94,7 @@ def test_scorer_keeps_scoring_through_promotion_rollback_and_a_broken_checkpoint
     assert set(log["model_version"]) == {v1, v2}
     for _, rows in log.sort_values("source_offset_end").groupby("source_partition"):
         versions = rows["model_version"].tolist()
-        switches = sum(a != b for a, b in zip(versions, versions[1:], strict=False))
+        switches = sum(a != b for a, b in itertools.pairwise(versions))
         assert switches == 2, f"expected v1 -> v2 -> v1 in offset order, got {switches} switches"
     last = log.sort_values("ingest_time")["model_version"].iloc[-1]
     assert last == v1, "after the broken checkpoint was refused, the rolled-back model keeps serving"

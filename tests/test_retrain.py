@@ -49,11 +49,13 @@ def test_reservoir_keeps_a_uniform_sample_and_round_trips(tmp_path: Path) -> Non
     for chunk in np.array_split(stream, 37):
         buffer.add(chunk)
     kept = buffer.windows[:, 0, 0]
-    assert len(buffer) == 500 and buffer.seen == 10_000
+    assert len(buffer) == 500
+    assert buffer.seen == 10_000
     assert 3500 < kept.mean() < 6500, "early and late windows should be equally likely to stay"
     buffer.save(tmp_path / "replay.npz")
     loaded = ReplayBuffer.load(tmp_path / "replay.npz", window=2, n_channels=1, capacity=500)
-    assert np.array_equal(loaded.windows, buffer.windows) and loaded.seen == 10_000
+    assert np.array_equal(loaded.windows, buffer.windows)
+    assert loaded.seen == 10_000
     with pytest.raises(ValueError, match="shape"):
         ReplayBuffer.load(tmp_path / "replay.npz", window=3, n_channels=1, capacity=500)
 
@@ -72,7 +74,8 @@ def test_gate_promotes_a_candidate_that_learned_the_new_regime(fleet, old_regime
     replay.add(normal_windows(readings_of(fleet, 0, 800), CHANNELS, 20)[0])
     candidate, metrics = fine_tune_and_gate(old_regime_detector, recent, replay, training=FAST, tolerance=0.05)
     assert metrics["outcome"] == "promoted", metrics
-    assert candidate is not None and candidate.threshold is not None
+    assert candidate is not None
+    assert candidate.threshold is not None
     assert metrics["candidate_recent_error"] < 0.8 * metrics["current_recent_error"]
     assert metrics["candidate_replay_error"] <= 1.05 * metrics["current_replay_error"]
 
