@@ -123,17 +123,31 @@ def read_recent_readings(
     return frame
 
 
-def anomalous_window_ends(error_log_dir: Path, since_s: float) -> set[tuple[str, int]]:
-    """(sensor_id, window end in ms) of windows the error log flagged anomalous since ``since_s``."""
+def windows_to_exclude(error_log_dir: Path, since_s: float, outlier_quantile: float = 0.9) -> set[tuple[str, int]]:
+    """(sensor_id, window end in ms) of recent windows to leave out of retraining.
+
+    A window is left out when the error log flagged it anomalous *and* its error is in the top
+    ``1 - outlier_quantile`` of recent errors. In steady operation flagged windows are rare and all of
+    them are in that top band, so all are excluded; after the plant moved to a new regime the old model
+    flags nearly everything, and excluding every flagged window would leave nothing to learn the new
+    regime from: then only the relatively worst windows are dropped.
+    """
     errors = Path(error_log_dir) / "errors"
     if not errors.exists():
         return set()
     dataset = ds.dataset(errors, format="parquet", partitioning="hive")
     since = pa.scalar(int(since_s * 1000), pa.timestamp("ms", tz="UTC"))
-    flagged = ds.field("anomaly").isin([True]) & (ds.field("window_end") >= since)
-    table = dataset.to_table(columns=["sensor_id", "window_end"], filter=flagged)
-    ends = table["window_end"].cast(pa.int64()).to_pylist()
-    return set(zip(table["sensor_id"].to_pylist(), ends, strict=True))
+    table = dataset.to_table(
+        columns=["sensor_id", "window_end", "error", "anomaly"], filter=ds.field("window_end") >= since
+    )
+    if table.num_rows == 0:
+        return set()
+    error = table["error"].to_numpy()
+    cut = float(np.nanquantile(error, outlier_quantile))
+    keep = table["anomaly"].to_numpy(zero_copy_only=False) & (error >= cut)
+    sensors = np.asarray(table["sensor_id"].to_pylist(), dtype=object)[keep]
+    ends = table["window_end"].cast(pa.int64()).to_numpy()[keep]
+    return set(zip(sensors.tolist(), ends.tolist(), strict=True))
 
 
 def normal_windows(
@@ -260,7 +274,7 @@ def retrain_once(
     since = now_s - settings.recent_hours * 3600
     if readings is None:
         readings = read_recent_readings(config.kafka, current.channels, since, now_s)
-    flagged = anomalous_window_ends(config.error_log_dir, since)
+    flagged = windows_to_exclude(config.error_log_dir, since)
     recent, _ = normal_windows(readings, current.channels, current.window, flagged, config.windows.max_fill_s)
     replay_path = config.data_dir / "replay" / "buffer.npz"
     replay = ReplayBuffer.load(replay_path, current.window, len(current.channels), settings.replay_capacity)

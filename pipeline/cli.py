@@ -31,6 +31,8 @@ class _AppContext:
             except ConfigError as error:
                 raise click.UsageError(str(error)) from None
             logging.getLogger().setLevel(self._config.log_level)
+            # kafka-python narrates every connection at INFO; keep it for DEBUG runs only
+            logging.getLogger("kafka").setLevel("DEBUG" if self._config.log_level == "DEBUG" else "WARNING")
         return self._config
 
 
@@ -445,6 +447,37 @@ def scheduler(app: _AppContext) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     run_scheduler(app.config, stop)
+
+
+@benchmark.command("drift")
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    type=click.Choice(["never", "recent", "recent+replay"]),
+    help="Policies to compare (default: all three).",
+)
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    type=click.Choice(["abrupt", "gradual"]),
+    help="Drift scenarios (default: both).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
+def benchmark_drift(policies: tuple[str, ...], scenarios: tuple[str, ...], as_json: bool) -> None:
+    """Drift scenario: detection delay, FAR/F1 before and after the hot-swap, forgetting, swap pause."""
+    from tqdm.auto import tqdm
+
+    from jobs.drift_benchmark import POLICIES, SCENARIOS, format_results, headline, run_benchmark
+
+    chosen = tuple(s for s in SCENARIOS if not scenarios or s.name in scenarios)
+    policies = policies or POLICIES
+    with tqdm(total=len(chosen) * len(policies), desc="drift scenarios", unit="run") as progress:
+        results = run_benchmark(policies, chosen, on_result=lambda _: progress.update(1))
+    click.echo(format_results(results))
+    if as_json:
+        click.echo(json.dumps(headline(results)))
 
 
 def tqdm_files(total: int):  # type: ignore[no-untyped-def]

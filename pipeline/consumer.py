@@ -205,6 +205,8 @@ class ScoringLoop:
         started = time.perf_counter()
         channels = self.scorer.channels
         windows: list[Window] = []
+        live_messages = live_readings = 0
+        late_before = self.assembler.stats.late + self.assembler.stats.duplicates
         for record in records:
             tp = (record.topic, record.partition)
             emit_from = self._emit_from.setdefault(tp, 0)
@@ -217,11 +219,9 @@ class ScoringLoop:
                 allowed_sensors=self.settings.allowed_sensors,
             )
             if live:
-                self.stats.messages += 1
-                self.metrics.messages_in.inc()
+                live_messages += 1
                 for rejection in decoded.rejections:
                     self._dead_letter(record, rejection.reason)
-            late_before = self.assembler.stats.late + self.assembler.stats.duplicates
             for reading in decoded.readings:
                 self._latest_ts = max(self._latest_ts, reading.ts)
                 position = (record.topic, record.partition, record.offset)
@@ -229,12 +229,15 @@ class ScoringLoop:
                     if window.end_position[2] >= emit_from:
                         windows.append(window)
             if live:
-                self.stats.readings += len(decoded.readings)
-                self.metrics.readings_in.inc(len(decoded.readings))
-                late = self.assembler.stats.late + self.assembler.stats.duplicates - late_before
-                if late:
-                    self.metrics.late_readings.inc(late)
+                live_readings += len(decoded.readings)
             self._processed[tp] = record.offset + 1
+        self.stats.messages += live_messages
+        self.stats.readings += live_readings
+        self.metrics.messages_in.inc(live_messages)
+        self.metrics.readings_in.inc(live_readings)
+        late = self.assembler.stats.late + self.assembler.stats.duplicates - late_before
+        if late:
+            self.metrics.late_readings.inc(late)
         self.assembler.evict_idle(self._latest_ts)
 
         scored = self.scorer.score(windows)

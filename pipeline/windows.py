@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,12 +57,40 @@ class WindowStats:
     emitted: int = 0
 
 
-@dataclass
 class _SensorBuffer:
-    timestamps: deque[float]
-    values: deque[np.ndarray]
-    positions: deque[Position]
-    last_seen_ts: float = field(default=0.0)
+    """The last ``length`` readings of one sensor. Values live twice in a ``[2 * length, channels]`` ring,
+    so the current window is always one contiguous slice (copied once when a window is emitted)."""
+
+    __slots__ = ("count", "last_seen_ts", "length", "positions", "ring", "timestamps")
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.ring: np.ndarray | None = None  # allocated on the first reading, when channels are known
+        self.count = 0
+        self.timestamps: deque[float] = deque(maxlen=length)
+        self.positions: deque[Position] = deque(maxlen=length)
+        self.last_seen_ts = 0.0
+
+    def append(self, ts: float, values: np.ndarray, position: Position) -> None:
+        if self.ring is None:
+            self.ring = np.empty((2 * self.length, len(values)), dtype=np.float64)
+        slot = self.count % self.length
+        self.ring[slot] = values
+        self.ring[slot + self.length] = values
+        self.count += 1
+        self.timestamps.append(ts)
+        self.positions.append(position)
+
+    @property
+    def last_values(self) -> np.ndarray:
+        assert self.ring is not None
+        return self.ring[(self.count - 1) % self.length]
+
+    def window(self) -> np.ndarray:
+        """The last ``length`` values, oldest first, as a new array ``[length, channels]``."""
+        assert self.ring is not None
+        start = self.count % self.length
+        return self.ring[start : start + self.length].copy()
 
 
 class WindowAssembler:
@@ -88,7 +116,7 @@ class WindowAssembler:
         return len(self._buffers)
 
     def _new_buffer(self) -> _SensorBuffer:
-        return _SensorBuffer(deque(maxlen=self.length), deque(maxlen=self.length), deque(maxlen=self.length))
+        return _SensorBuffer(self.length)
 
     def _emits(self, ts: float) -> bool:
         return self.stride == 1 or round(ts / self.sample_period_s) % self.stride == 0
@@ -96,13 +124,11 @@ class WindowAssembler:
     def _append(
         self, buffer: _SensorBuffer, sensor_id: str, ts: float, values: np.ndarray, position: Position
     ) -> Window | None:
-        buffer.timestamps.append(ts)
-        buffer.values.append(values)
-        buffer.positions.append(position)
-        if len(buffer.timestamps) < self.length or not self._emits(ts):
+        buffer.append(ts, values, position)
+        if buffer.count < self.length or not self._emits(ts):
             return None
         self.stats.emitted += 1
-        return Window(sensor_id, buffer.timestamps[0], ts, np.stack(buffer.values), position, buffer.positions[0])
+        return Window(sensor_id, buffer.timestamps[0], ts, buffer.window(), position, buffer.positions[0])
 
     def add(self, sensor_id: str, ts: float, values: np.ndarray, position: Position) -> list[Window]:
         """Feed one reading; return the windows it completes (forward-filled gaps may complete several)."""
@@ -124,7 +150,7 @@ class WindowAssembler:
                 buffer = self._buffers[sensor_id] = self._new_buffer()
             else:
                 missing = round(gap / self.sample_period_s) - 1
-                fill_values = buffer.values[-1]
+                fill_values = buffer.last_values.copy()
                 for k in range(1, missing + 1):
                     self.stats.filled += 1
                     window = self._append(buffer, sensor_id, last + k * self.sample_period_s, fill_values, position)
