@@ -141,6 +141,7 @@ class AnomalyDetector:
         scaler = StandardScaler.fit(np.concatenate(segments))
         train, val = _train_val_windows(segments, scaler, window, training.val_fraction)
         config = LSTMAEConfig(segments[0].shape[1], window, hidden_size, num_layers, latent_size, dropout)
+        torch.manual_seed(training.seed)  # the initial weights too, not only the batch order
         model = LSTMAutoencoder(config)
         result = train_autoencoder(model, train, training, val_windows=val)
         detector = cls(model, scaler, alarm=alarm, channels=channels, training=result)

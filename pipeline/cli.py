@@ -195,7 +195,6 @@ def train(
     from models.data_io import channel_columns, read_readings
     from models.detector import AnomalyDetector
     from models.registry import ModelRegistry
-    from models.threshold import AlarmFilter, make_rule
 
     config = app.config
     settings = config.model
@@ -207,19 +206,7 @@ def train(
     names = channel_columns(frames[0], channels.split(",") if channels else None)
     segments = [frame[names].to_numpy(dtype=float) for frame in frames]
     training = replace(config.training, device=device or settings.device)
-    detector = AnomalyDetector.fit(
-        segments,
-        window=settings.window,
-        hidden_size=settings.hidden_size,
-        latent_size=settings.latent_size,
-        num_layers=settings.num_layers,
-        dropout=settings.dropout,
-        training=training,
-        rule=make_rule(settings.threshold_rule, **settings.threshold_params),
-        threshold_margin=settings.threshold_margin,
-        alarm=AlarmFilter(settings.alarm_k, settings.alarm_n),
-        channels=tuple(names),
-    )
+    detector = AnomalyDetector.fit(segments, training=training, channels=tuple(names), **settings.fit_options())
     fingerprint = DataFingerprint.of(
         np.concatenate(segments),
         sources=[str(p) for p in data_paths],

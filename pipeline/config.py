@@ -112,6 +112,21 @@ class ModelSettings(_Section):
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     watch_interval_s: float = Field(1.0, gt=0, description="How often the scorer checks the registry for a new model.")
 
+    def fit_options(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`models.detector.AnomalyDetector.fit` that this section sets."""
+        from models.threshold import AlarmFilter, make_rule
+
+        return {
+            "window": self.window,
+            "hidden_size": self.hidden_size,
+            "latent_size": self.latent_size,
+            "num_layers": self.num_layers,
+            "dropout": self.dropout,
+            "rule": make_rule(self.threshold_rule, **self.threshold_params),
+            "threshold_margin": self.threshold_margin,
+            "alarm": AlarmFilter(self.alarm_k, self.alarm_n),
+        }
+
 
 class WindowSettings(_Section):
     """How readings become windows (the window length itself comes from the model)."""

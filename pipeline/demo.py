@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 
 from models.detector import AnomalyDetector
 from models.registry import ModelRegistry
-from models.threshold import AlarmFilter, make_rule
 from models.training import TrainingConfig
 from pipeline.config import DriftlineConfig
 from pipeline.simulator import FleetSpec, anomaly_episodes, simulate_fleet
@@ -62,16 +61,9 @@ def run_demo(
 
     detector = AnomalyDetector.fit(
         [frame[channels].to_numpy()[: spec.normal_prefix_rows] for frame in per_sensor.values()],
-        window=settings.window,
-        hidden_size=settings.hidden_size,
-        latent_size=settings.latent_size,
-        num_layers=settings.num_layers,
-        dropout=settings.dropout,
         training=training,
-        rule=make_rule(settings.threshold_rule, **settings.threshold_params),
-        threshold_margin=settings.threshold_margin,
-        alarm=AlarmFilter(settings.alarm_k, settings.alarm_n),
         channels=tuple(channels),
+        **settings.fit_options(),
     )
     registry = ModelRegistry(out_dir / "registry")
     version = registry.publish(detector, promote=True, reason="demo: initial model")

@@ -98,3 +98,47 @@ def test_scorer_keeps_scoring_through_promotion_rollback_and_a_broken_checkpoint
         assert switches == 2, f"expected v1 -> v2 -> v1 in offset order, got {switches} switches"
     last = log.sort_values("ingest_time")["model_version"].iloc[-1]
     assert last == v1, "after the broken checkpoint was refused, the rolled-back model keeps serving"
+
+
+def test_drift_event_on_the_topic_and_the_schedule_together_give_one_run(kafka_broker, tmp_path: Path) -> None:
+    import json
+
+    from jobs.retrain import RetrainDecision
+    from jobs.scheduler import run_scheduler
+
+    topic = make_topic(kafka_broker.bootstrap_servers, partitions=1)
+    config = load_config(
+        overrides=[
+            f"data_dir={tmp_path}",
+            f"kafka.bootstrap_servers={kafka_broker.bootstrap_servers}",
+            f"kafka.events_topic={topic}",
+            "retrain.interval_minutes=0.05",
+            "retrain.debounce_s=0.5",
+        ]
+    )
+    runs: list[tuple[str, float, float]] = []
+
+    def job(_config, trigger):
+        started = time.monotonic()
+        time.sleep(4.0)
+        runs.append((trigger, started, time.monotonic()))
+        return RetrainDecision("t", trigger, "skipped", "test", "v000001", None, 0, 0)
+
+    stop = threading.Event()
+    scheduler_thread = threading.Thread(target=run_scheduler, args=(config, stop, job), daemon=True)
+    scheduler_thread.start()
+    time.sleep(2.0)  # the events consumer joins (it starts at the latest offset)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers)
+    producer.send(topic, json.dumps({"type": "drift", "scope": "fleet", "detector": "adwin"}).encode())
+    producer.flush()
+    producer.close()
+    time.sleep(9.0)
+    stop.set()
+    scheduler_thread.join(timeout=30)
+
+    assert runs, "neither the schedule nor the drift event started a run"
+    for (_, _, end_a), (_, start_b, _) in itertools.pairwise(sorted(runs, key=lambda r: r[1])):
+        assert start_b >= end_a, "two retraining runs overlapped"
+    # 11 s of a 3 s schedule plus a drift event would be 4-5 runs if nothing held them back; 4 s runs
+    # taking turns leave room for at most 3
+    assert len(runs) <= 3, f"{len(runs)} runs: triggers did not wait for the run in progress"

@@ -134,3 +134,14 @@ def test_cpu_and_gpu_scores_agree() -> None:
     cpu = reconstruction_errors(model.cpu(), windows)
     gpu = reconstruction_errors(model.cuda(), windows)
     np.testing.assert_allclose(cpu.error, gpu.error, rtol=1e-3, atol=1e-5)
+
+
+def test_fit_is_reproducible_for_a_seed() -> None:
+    readings = multichannel_signal(400)
+    fits = [
+        AnomalyDetector.fit(
+            readings, window=10, hidden_size=8, latent_size=2, training=TrainingConfig(epochs=2, progress=False, seed=7)
+        )
+        for _ in range(2)
+    ]
+    assert fits[0].threshold == fits[1].threshold
