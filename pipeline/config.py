@@ -168,7 +168,10 @@ class RetrainSettings(_Section):
     epochs: int = Field(10, ge=1, description="Fine-tuning epochs.")
     replay_capacity: int = Field(20_000, ge=1, description="Windows kept in the replay reservoir.")
     replay_fraction: float = Field(1.0, ge=0, description="Replay windows per recent training window (0 = none).")
-    tolerance: float = Field(0.05, ge=0, description="Gate: candidate may be this much worse (relative).")
+    tolerance: float = Field(0.05, ge=0, description="Gate: candidate may be this much worse on recent data.")
+    replay_tolerance: float = Field(
+        0.5, ge=0, description="Forgetting guard: relative rise of error allowed on held-out replay windows."
+    )
     min_windows: int = Field(200, ge=1, description="Skip the run with fewer recent normal windows.")
     interval_minutes: float | None = Field(60.0, gt=0, description="Run every N minutes (None: off).")
     cron: str | None = Field(None, description="Crontab schedule instead of the interval, e.g. '0 */4 * * *'.")

@@ -77,17 +77,15 @@ def test_gate_promotes_a_candidate_that_learned_the_new_regime(fleet, old_regime
     assert candidate is not None
     assert candidate.threshold is not None
     assert metrics["candidate_recent_error"] < 0.8 * metrics["current_recent_error"]
-    assert metrics["candidate_replay_error"] <= 1.05 * metrics["current_replay_error"]
+    assert metrics["candidate_replay_error"] <= 1.5 * metrics["current_replay_error"]
 
 
 def test_forgetting_guard_rejects_a_candidate_that_lost_the_old_regime(fleet, old_regime_detector) -> None:
     recent, _ = normal_windows(readings_of(fleet, 900, 1600), CHANNELS, 20)
     replay = ReplayBuffer(5000, 20, len(CHANNELS))
     replay.add(normal_windows(readings_of(fleet, 0, 800), CHANNELS, 20)[0])
-    # trained on recent data only (no replay in the training mix), judged on replay with no slack
-    candidate, metrics = fine_tune_and_gate(
-        old_regime_detector, recent, replay, training=FAST, replay_fraction=0.0, tolerance=0.0
-    )
+    # trained on recent data only (no replay in the training mix), judged with the default slack
+    candidate, metrics = fine_tune_and_gate(old_regime_detector, recent, replay, training=FAST, replay_fraction=0.0)
     assert candidate is None
     assert metrics["outcome"] == "rejected"
     assert "replay buffer" in metrics["reason"]
