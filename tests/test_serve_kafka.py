@@ -119,6 +119,24 @@ def assert_exactly_once(log: pd.DataFrame, frame: pd.DataFrame) -> None:
     assert len(keys) == len(expected_windows(frame))
 
 
+SMALL_BATCHES = {"kafka": {"max_poll_records": 50}, "sinks": {"roll_rows": 100, "roll_seconds": 0.2}}
+
+
+def send(bootstrap: str, topic: str, frame: pd.DataFrame, per_message: int = 1) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
+    produce(producer, topic, frame, CHANNELS, readings_per_message=per_message, progress=False)
+    producer.close()
+
+
+def wait_for_parts(data_dir: Path, parts: int, process: subprocess.Popen[str], timeout_s: float = 120) -> None:
+    """Wait until ``process`` has written ``parts`` error-log parts (it must still be running)."""
+    deadline = time.monotonic() + timeout_s
+    while len(list(data_dir.rglob("part-*.parquet"))) < parts:
+        assert process.poll() is None, f"serve ended early:\n{process.stdout.read() if process.stdout else ''}"
+        assert time.monotonic() < deadline, f"serve wrote fewer than {parts} parts in {timeout_s:.0f}s"
+        time.sleep(0.05)
+
+
 def wait_for_members(bootstrap: str, group: str, members: int, timeout_s: float = 120) -> None:
     """Block until the consumer group has ``members`` members in a stable state."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -145,9 +163,7 @@ def test_end_to_end_simulated_fleet_is_scored_and_anomalies_flagged(
 ) -> None:
     topic = make_topic(kafka_broker.bootstrap_servers, partitions=3)
     config = load_config(write_config(tmp_path, kafka_broker.bootstrap_servers, topic, registry_dir))
-    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all", linger_ms=10)
-    produce(producer, topic, fleet, CHANNELS, readings_per_message=3, progress=False)
-    producer.close()
+    send(kafka_broker.bootstrap_servers, topic, fleet, per_message=3)
 
     stats = serve(config, idle_timeout_s=5)
 
@@ -173,24 +189,12 @@ def test_end_to_end_simulated_fleet_is_scored_and_anomalies_flagged(
 
 def test_kill_9_mid_stream_then_restart_scores_every_window_exactly_once(kafka_broker, registry_dir, fleet, tmp_path):
     topic = make_topic(kafka_broker.bootstrap_servers, partitions=3)
-    config_path = write_config(
-        tmp_path,
-        kafka_broker.bootstrap_servers,
-        topic,
-        registry_dir,
-        kafka={"max_poll_records": 50},
-        sinks={"roll_rows": 100, "roll_seconds": 0.2},
-    )
-    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all", linger_ms=10)
-    produce(producer, topic, fleet, CHANNELS, progress=False)
-    producer.close()
+    config_path = write_config(tmp_path, kafka_broker.bootstrap_servers, topic, registry_dir, **SMALL_BATCHES)
+    send(kafka_broker.bootstrap_servers, topic, fleet)
     data_dir = tmp_path / "data"
 
     first = spawn_serve(config_path, "--idle-timeout", "10")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(data_dir.rglob("part-*.parquet"))) < 4:
-        assert first.poll() is None, f"serve ended before it could be killed:\n{first.stdout.read()}"
-        time.sleep(0.05)
+    wait_for_parts(data_dir, 4, first)
     first.send_signal(signal.SIGKILL)
     first.wait()
     scored_before = len(read_log(data_dir))
@@ -204,27 +208,15 @@ def test_kill_9_mid_stream_then_restart_scores_every_window_exactly_once(kafka_b
 
 def test_rebalance_between_two_consumers_loses_and_duplicates_nothing(kafka_broker, registry_dir, fleet, tmp_path):
     topic = make_topic(kafka_broker.bootstrap_servers, partitions=4)
-    config_path = write_config(
-        tmp_path,
-        kafka_broker.bootstrap_servers,
-        topic,
-        registry_dir,
-        kafka={"max_poll_records": 50},
-        sinks={"roll_rows": 100, "roll_seconds": 0.2},
-    )
-    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all", linger_ms=10)
-    half = fleet.iloc[: len(fleet) // 2]
-    produce(producer, topic, half, CHANNELS, progress=False)
+    config_path = write_config(tmp_path, kafka_broker.bootstrap_servers, topic, registry_dir, **SMALL_BATCHES)
+    send(kafka_broker.bootstrap_servers, topic, fleet.iloc[: len(fleet) // 2])
     data_dir = tmp_path / "data"
 
     first = spawn_serve(config_path, "--idle-timeout", "15")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(data_dir.rglob("part-*.parquet"))) < 2:
-        time.sleep(0.05)
+    wait_for_parts(data_dir, 2, first)
     second = spawn_serve(config_path, "--idle-timeout", "15")  # joins the group: partitions move
     wait_for_members(kafka_broker.bootstrap_servers, load_config(config_path).kafka.group_id, 2)
-    produce(producer, topic, fleet.iloc[len(fleet) // 2 :], CHANNELS, progress=False)
-    producer.close()
+    send(kafka_broker.bootstrap_servers, topic, fleet.iloc[len(fleet) // 2 :])
     outputs = [process.communicate(timeout=240)[0] for process in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
     assert any("partitions revoked" in output for output in outputs), "no rebalance happened"
