@@ -193,9 +193,10 @@ def run_policy(
     state: dict[str, Any] = {"detected_ts": None, "outcome": "not triggered", "batch_times": []}
 
     def retrain_in_background(trigger_ts: float) -> None:
-        while loop.stats.batches and loop._latest_ts < trigger_ts + recent_s and not source.position >= len(records):
+        # collect `recent_s` of post-detection stream (or whatever is left of it) before fine-tuning
+        while loop.latest_event_ts < trigger_ts + recent_s and source.position < len(records):
             time.sleep(0.05)
-        now_ts = loop._latest_ts
+        now_ts = loop.latest_event_ts
         recent_frame = fleet[(fleet["ts"] > now_ts - recent_s) & (fleet["ts"] <= now_ts)]
         flagged = windows_to_exclude(work / "error_log", now_ts - recent_s)
         recent, _ = normal_windows(recent_frame, channels, 30, flagged)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 from kafka.errors import KafkaError
 
+from models.detector import AnomalyDetector
 from pipeline.drift import DriftMonitor
 from pipeline.messages import decode_message
 from pipeline.metrics import ScoringMetrics
@@ -108,9 +109,14 @@ class ScoringLoop:
         """Ask the loop to finish its batch, flush, commit and return (safe from a signal handler)."""
         self._stop = True
 
-    def swap_model(self, scorer_update: Callable[[WindowScorer], None], version: str) -> None:
+    @property
+    def latest_event_ts(self) -> float:
+        """Newest reading timestamp seen so far (event time, epoch seconds)."""
+        return self._latest_ts
+
+    def swap_model(self, detector: AnomalyDetector, version: str) -> None:
         """Replace the serving model between micro-batches; drift detectors start afresh."""
-        scorer_update(self.scorer)
+        self.scorer.swap(detector, version)
         if self.drift is not None:
             self.drift.reset(version)
         self.metrics.set_model_version(version)

@@ -101,7 +101,7 @@ def hot_swap_hook(watcher: RegistryWatcher) -> Callable[..., None]:
             return
         started = time.perf_counter()
         previous = watcher.serving_version
-        loop.swap_model(lambda scorer: scorer.swap(detector, version), version)
+        loop.swap_model(detector, version)
         watcher.serving_version = version
         watcher.last_swap_ms = (time.perf_counter() - started) * 1000
         log.info("hot-swapped model %s -> %s in %.2f ms", previous, version, watcher.last_swap_ms)
