@@ -212,12 +212,19 @@ def test_rebalance_between_two_consumers_loses_and_duplicates_nothing(kafka_brok
     send(kafka_broker.bootstrap_servers, topic, fleet.iloc[: len(fleet) // 2])
     data_dir = tmp_path / "data"
 
-    first = spawn_serve(config_path, "--idle-timeout", "15")
+    # long idle timeouts: the consumers are stopped with SIGTERM once every window is in the log, so a
+    # slow start of the second one can never let the first leave before the rebalance
+    first = spawn_serve(config_path, "--idle-timeout", "600")
     wait_for_parts(data_dir, 2, first)
-    second = spawn_serve(config_path, "--idle-timeout", "15")  # joins the group: partitions move
+    second = spawn_serve(config_path, "--idle-timeout", "600")  # joins the group: partitions move
     wait_for_members(kafka_broker.bootstrap_servers, load_config(config_path).kafka.group_id, 2)
     send(kafka_broker.bootstrap_servers, topic, fleet.iloc[len(fleet) // 2 :])
-    outputs = [process.communicate(timeout=240)[0] for process in (first, second)]
+    deadline = time.monotonic() + 180
+    while len(read_log(data_dir)) < len(expected_windows(fleet)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for process in (first, second):
+        process.send_signal(signal.SIGTERM)  # graceful: finish the batch, flush, commit, close
+    outputs = [process.communicate(timeout=120)[0] for process in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
     assert any("partitions revoked" in output for output in outputs), "no rebalance happened"
     assert_exactly_once(read_log(data_dir), fleet)
