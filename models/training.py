@@ -23,26 +23,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from models.training_config import TrainingConfig
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    epochs: int = 60
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-5
-    val_fraction: float = 0.2
-    patience: int = 10
-    grad_clip: float = 1.0
-    lr_decay_patience: int = 4
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    progress: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

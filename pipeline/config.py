@@ -26,7 +26,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from models.training import TrainingConfig
+from models.training_config import TrainingConfig
 
 ENV_PREFIX = "DRIFTLINE_"
 ENV_NESTING = "__"

@@ -1,0 +1,29 @@
+"""Training hyperparameters, importable without torch (the config and the CLI's --help stay fast).
+
+>>> TrainingConfig(epochs=5).to_dict()["epochs"]
+5
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    val_fraction: float = 0.2
+    patience: int = 10
+    grad_clip: float = 1.0
+    lr_decay_patience: int = 4
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
