@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +19,19 @@ from tqdm.auto import tqdm
 
 from pipeline.messages import encode_readings
 from pipeline.sources import readings_from_frame
+
+
+def create_topic(bootstrap: str, prefix: str, partitions: int, replication_factor: int = 1) -> str:
+    """Create a new topic named ``<prefix>-<8 random hex>`` and return its name (tests, benchmarks, demos)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)])
+    finally:
+        admin.close()
+    return name
 
 
 def batch_messages(

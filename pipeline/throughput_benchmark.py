@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
 
 from models.detector import AnomalyDetector
 from models.registry import ModelRegistry
@@ -31,6 +30,7 @@ from models.scoring import reconstruction_errors
 from models.training import TrainingConfig
 from pipeline.config import DriftlineConfig, load_config
 from pipeline.messages import encode_readings
+from pipeline.producer import create_topic
 from pipeline.service import build_loop
 from pipeline.simulator import FleetSpec, simulate_fleet
 from pipeline.sinks import DeadLetterFile
@@ -83,14 +83,6 @@ class ThroughputResult:
             f"{self.readings:,} readings, {self.partitions} partitions, micro-batch {self.batch_size} readings",
         ]
         return "\n".join(lines)
-
-
-def _topic(bootstrap: str, partitions: int) -> str:
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-    admin.close()
-    return name
 
 
 def _messages(fleet: pd.DataFrame, channels: list[str], now: float | None = None) -> list[tuple[bytes, bytes]]:
@@ -148,7 +140,7 @@ def run_throughput(
     registry = work / "registry"
     ModelRegistry(registry).publish(detector, promote=True)
 
-    topic = _topic(bootstrap, partitions)
+    topic = create_topic(bootstrap, "bench", partitions)
     messages = _messages(fleet, channels)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024)
     for key, value in messages:
@@ -208,7 +200,7 @@ def run_throughput(
     end_to_end = (loop.stats.messages - counted_from) / (time.perf_counter() - t_first)
 
     # latency at a fixed rate: reading ts = produce time; row durable at ingest_time
-    latency_topic = _topic(bootstrap, partitions)
+    latency_topic = create_topic(bootstrap, "bench", partitions)
     config = _config(base, bootstrap, latency_topic, work / "latency", registry)
     loop = build_loop(config, DeadLetterFile(work / "latency" / "dead.jsonl"))
     source = KafkaSource(config.kafka, loop.on_assigned, loop.on_revoked)

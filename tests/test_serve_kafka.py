@@ -8,20 +8,19 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import KafkaAdminClient
 
 from models.detector import AnomalyDetector
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
 from pipeline.config import load_config
-from pipeline.producer import produce
+from pipeline.producer import create_topic, produce
 from pipeline.service import serve
 from pipeline.simulator import FleetSpec, anomaly_episodes, simulate_fleet
 
@@ -63,11 +62,7 @@ def registry_dir(tmp_path_factory: pytest.TempPathFactory, fleet: pd.DataFrame) 
 
 
 def make_topic(bootstrap: str, partitions: int) -> str:
-    topic = f"readings-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    admin.close()
-    return topic
+    return create_topic(bootstrap, "readings", partitions)
 
 
 def write_config(tmp_path: Path, bootstrap: str, topic: str, registry_dir: Path, **sections: dict) -> Path:
