@@ -114,9 +114,11 @@ def read_recent_readings(
                     if until_ms is None or record.timestamp <= until_ms:
                         decoded = decode_message(record.value, record.key, channels)
                         rows.extend((r.sensor_id, r.ts, r.values) for r in decoded.readings)
-                if consumer.position(tp) >= active.get(tp, 0):
-                    active.pop(tp, None)
-                    consumer.pause(tp)
+            # every partition, not only those that returned records: a range ending in control records
+            # (transaction markers) reaches its end offset without yielding a record for it
+            for tp in [tp for tp, end in active.items() if consumer.position(tp) >= end]:
+                active.pop(tp)
+                consumer.pause(tp)
     finally:
         consumer.close()
     frame = pd.DataFrame({"sensor_id": [r[0] for r in rows], "ts": [r[1] for r in rows]})
