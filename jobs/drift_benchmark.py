@@ -12,7 +12,6 @@ new one), and lost or duplicated windows.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import tempfile
 import threading
@@ -190,7 +189,7 @@ def run_policy(
     drift_ts = float(fleet["ts"].iloc[0]) + spec.drift.at_row
     replay = ReplayBuffer(20_000, 30, len(channels))  # holds the initial model's training windows
     replay.add(normal_windows(fleet[fleet.groupby("sensor_id").cumcount() < scenario.train_rows], channels, 30)[0])
-    state: dict[str, Any] = {"detected_ts": None, "outcome": "not triggered", "batch_times": []}
+    state: dict[str, Any] = {"detected_ts": None, "outcome": "not triggered"}
 
     def retrain_in_background(trigger_ts: float) -> None:
         # collect `recent_s` of post-detection stream (or whatever is left of it) before fine-tuning
@@ -229,14 +228,6 @@ def run_policy(
             pass
 
     loop.events = DriftTrigger()
-    inner_process = loop.process
-
-    def timed_process(batch: list[Record]):  # type: ignore[no-untyped-def]
-        scored = inner_process(batch)
-        state["batch_times"].append((time.perf_counter(), scored.model_version))
-        return scored
-
-    loop.process = timed_process  # type: ignore[method-assign]
     loop.run(source, idle_timeout_s=3.0)
     if "worker" in state:
         state["worker"].join()
@@ -263,11 +254,6 @@ def run_policy(
         false_alarms = int((event_ts < drift_ts).sum())
     keys = list(zip(frame["sensor_id"], frame["window_end"], strict=True))
     expected = sum(max(0, len(g) - 29) for _, g in fleet.groupby("sensor_id"))
-    pause = None
-    times = state["batch_times"]
-    for (t_prev, v_prev), (t_next, v_next) in itertools.pairwise(times):
-        if v_prev != v_next:
-            pause = (t_next - t_prev) * 1000
     final = registry.load().detector
     return PolicyResult(
         policy=policy,
@@ -281,7 +267,7 @@ def run_policy(
         post_drift_f1_after_swap=f1(post_new),
         old_regime_f1_before=_regime_f1(initial, fleet, channels, scenario.train_rows, spec.drift.at_row),
         old_regime_f1_after=_regime_f1(final, fleet, channels, scenario.train_rows, spec.drift.at_row),
-        swap_pause_ms=pause,
+        swap_pause_ms=loop.stats.swap_pause_ms,
         lost_windows=max(0, expected - len(set(keys))),
         duplicate_windows=len(keys) - len(set(keys)),
         retrain_outcome=state["outcome"],

@@ -14,6 +14,15 @@ Delivery guarantees, with a Kafka consumer group and manual commits:
   window state because it needs no shared disk between consumers and the broker already holds the
   readings; its cost is re-reading at most one window per sensor (bounded by the idle TTL).
 
+**Two stages** (``LoopSettings.pipelined``, on by default). The consumer thread polls, decodes and
+assembles windows; one scorer thread scores them, updates drift and buffers the error-log rows, in
+submission order. So the next batch is decoded while the model runs (PyTorch releases the GIL).
+Kafka's consumer is not thread-safe, so every poll, seek and commit stays on the consumer thread:
+a checkpoint snapshots the offsets there, the scorer thread makes everything before it durable in
+order, and the consumer thread commits that snapshot once it is done. A model swap is queued the same
+way, so it lands exactly between two micro-batches. Revocation and shutdown wait for the scorer to
+drain before committing. With ``pipelined=False`` everything runs on the calling thread.
+
 Signals only ask the loop to stop (:meth:`ScoringLoop.request_stop`); it finishes the batch, flushes,
 commits and closes. ``run(max_messages=..., timeout_s=..., idle_timeout_s=...)`` bounds it for tests.
 """
@@ -22,7 +31,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,6 +50,8 @@ from pipeline.sources import Assignment, Record, Source, TopicPartitionKey
 from pipeline.windows import Window, WindowAssembler
 
 log = logging.getLogger(__name__)
+
+CommitOffsets = dict[TopicPartitionKey, tuple[int, dict[str, Any]]]
 
 
 class EventPublisher(Protocol):
@@ -58,6 +71,7 @@ class LoopStats:
     commits: int = 0
     batches: int = 0
     model_swaps: int = 0
+    swap_pause_ms: float | None = None  # longest gap between two scored batches across a model swap
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,8 @@ class LoopSettings:
     max_message_bytes: int = 1_000_000
     allowed_sensors: frozenset[str] | None = None
     lag_every_s: float = 5.0
+    pipelined: bool = True  # decode/window on the consumer thread, score/write on a scorer thread
+    max_inflight_batches: int = 2  # batches queued for the scorer before the consumer waits
 
 
 class ScoringLoop:
@@ -102,6 +118,15 @@ class ScoringLoop:
         self._stop = False
         self._latest_ts = 0.0
         self._last_activity = time.monotonic()
+        # the scorer stage (None: score on the calling thread) and what was handed to it
+        self._worker: ThreadPoolExecutor | None = None
+        self._inflight: deque[Future[Any]] = deque()
+        self._checkpoints: deque[Future[CommitOffsets]] = deque()
+        self._uncheckpointed = 0  # messages processed since the last checkpoint was requested
+        self._rows_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._last_scored: tuple[float, str] | None = None  # (perf_counter, model version) of the last batch
+        self._failed = False  # after a failure nothing more is committed: the next start redoes the rest
         self.metrics.set_model_version(scorer.model_version)
 
     # -- control ---------------------------------------------------------------------------
@@ -115,7 +140,13 @@ class ScoringLoop:
         return self._latest_ts
 
     def swap_model(self, detector: AnomalyDetector, version: str) -> None:
-        """Replace the serving model between micro-batches; drift detectors start afresh."""
+        """Replace the serving model between micro-batches; drift detectors start afresh.
+
+        With the scorer thread running, the swap is queued behind the batches already handed to it.
+        """
+        self._submit(self._swap_now, detector, version)
+
+    def _swap_now(self, detector: AnomalyDetector, version: str) -> None:
         self.scorer.swap(detector, version)
         if self.drift is not None:
             self.drift.reset(version)
@@ -127,6 +158,7 @@ class ScoringLoop:
     # -- rebalance callbacks (called inside poll, on the loop's thread) -----------------------
     def on_assigned(self, assignments: list[Assignment]) -> None:
         self._last_activity = time.monotonic()  # waiting for a (slow) group join is not idleness
+        self._wait_for_scorer()  # nothing still being buffered may race the removal of uncommitted parts
         for a in assignments:
             tp = (a.topic, a.partition)
             removed = self.error_log.discard_uncommitted(a.topic, a.partition, a.committed)
@@ -177,6 +209,8 @@ class ScoringLoop:
         """
         self.source = source
         started = last_lag = self._last_activity = time.monotonic()
+        if self.settings.pipelined:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-scorer")
         if self.watcher is not None:
             self.watcher.start()
         try:
@@ -188,8 +222,10 @@ class ScoringLoop:
                 if records:
                     self.process(records)
                     self._last_activity = now
-                if self.error_log.due() or (not records and self.error_log.pending_rows):
-                    self.checkpoint()
+                self._harvest()
+                if self._checkpoint_due(idle=not records, now=now):
+                    self._request_checkpoint()
+                self._commit_completed()
                 if now - last_lag >= self.settings.lag_every_s:
                     self._update_lag()
                     last_lag = now
@@ -199,16 +235,31 @@ class ScoringLoop:
                     break
                 if idle_timeout_s is not None and not records and now - self._last_activity >= idle_timeout_s:
                     break
+        except BaseException:
+            self._failed = True
+            log.error("scoring loop failed; committing nothing more (the next start resumes from the last commit)")
+            raise
         finally:
             if self.watcher is not None:
                 self.watcher.stop()
-            self.checkpoint()
-            source.close()
+            try:
+                if not self._failed:
+                    self.checkpoint()
+            finally:
+                if self._worker is not None:
+                    self._worker.shutdown(wait=True)
+                    self._worker = None
+                source.close()
         return self.stats
 
-    def process(self, records: list[Record]) -> ScoredBatch:
-        """Decode, window and score one polled batch; buffer the results (not yet durable)."""
+    def process(self, records: list[Record]) -> None:
+        """Decode and window one polled batch, then score it (on the scorer thread when pipelined)."""
         started = time.perf_counter()
+        windows = self._assemble(records)
+        self._rows_since_checkpoint += len(windows)
+        self._submit(self._score_and_buffer, windows, started)
+
+    def _assemble(self, records: list[Record]) -> list[Window]:
         channels = self.scorer.channels
         windows: list[Window] = []
         live_messages = live_readings = 0
@@ -229,7 +280,8 @@ class ScoringLoop:
                 for rejection in decoded.rejections:
                     self._dead_letter(record, rejection.reason)
             for reading in decoded.readings:
-                self._latest_ts = max(self._latest_ts, reading.ts)
+                if reading.ts > self._latest_ts:
+                    self._latest_ts = reading.ts
                 position = (record.topic, record.partition, record.offset)
                 for window in self.assembler.add(reading.sensor_id, reading.ts, reading.values, position):
                     if window.end_position[2] >= emit_from:
@@ -237,6 +289,7 @@ class ScoringLoop:
             if live:
                 live_readings += len(decoded.readings)
             self._processed[tp] = record.offset + 1
+        self._uncheckpointed += len(records)
         self.stats.messages += live_messages
         self.stats.readings += live_readings
         self.metrics.messages_in.inc(live_messages)
@@ -245,18 +298,55 @@ class ScoringLoop:
         if late:
             self.metrics.late_readings.inc(late)
         self.assembler.evict_idle(self._latest_ts)
+        return windows
 
+    def _score_and_buffer(self, windows: list[Window], started: float) -> ScoredBatch:
+        """Scorer stage: score, update drift, buffer the rows (not yet durable)."""
         scored = self.scorer.score(windows)
         drift_flags = self._update_drift(scored)
         self.error_log.append(_to_columns(scored, drift_flags))
+        n_anomalies = int(scored.anomaly.sum())
         self.stats.windows += len(windows)
-        self.stats.anomalies += int(scored.anomaly.sum())
+        self.stats.anomalies += n_anomalies
         self.stats.batches += 1
         self.metrics.windows_scored.inc(len(windows))
-        self.metrics.anomalies.inc(int(scored.anomaly.sum()))
-        self.metrics.batch_latency.observe(time.perf_counter() - started)
+        self.metrics.anomalies.inc(n_anomalies)
+        done = time.perf_counter()
+        self.metrics.batch_latency.observe(done - started)
+        if windows:
+            if self._last_scored is not None and self._last_scored[1] != scored.model_version:
+                pause_ms = (done - self._last_scored[0]) * 1000
+                self.stats.swap_pause_ms = max(self.stats.swap_pause_ms or 0.0, pause_ms)
+                self.metrics.swap_pause.set(pause_ms / 1000)
+            self._last_scored = (done, scored.model_version)
         return scored
 
+    # -- the scorer stage ----------------------------------------------------------------------
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._worker is None:
+            fn(*args)
+            return
+        while len(self._inflight) >= self.settings.max_inflight_batches:
+            self._inflight.popleft().result()  # back-pressure; re-raises a scorer failure here
+        self._inflight.append(self._worker.submit(fn, *args))
+
+    def _harvest(self) -> None:
+        """Collect finished scorer work; a failure there is raised on the consumer thread."""
+        while self._inflight and self._inflight[0].done():
+            self._inflight.popleft().result()
+
+    def _wait_for_scorer(self) -> None:
+        """Wait until the scorer has finished every batch and swap handed to it."""
+        while self._inflight:
+            self._inflight.popleft().result()
+
+    def _drain(self) -> None:
+        """Wait for every batch and checkpoint handed to the scorer (their snapshots are superseded)."""
+        self._wait_for_scorer()
+        while self._checkpoints:
+            self._checkpoints.popleft().result()
+
+    # -- durability and commits ------------------------------------------------------------------
     def _dead_letter(self, record: Record, reason: str) -> None:
         log.warning("dead letter %s-%d@%d: %s", record.topic, record.partition, record.offset, reason)
         self.dead_letters.send(
@@ -281,26 +371,67 @@ class ScoringLoop:
                     self.events.publish({"type": "drift", **event.to_dict()})
         return flags
 
-    def checkpoint(self) -> None:
-        """Make everything produced so far durable, then commit offsets (with the rewind point)."""
-        started = time.perf_counter()
-        self.error_log.flush()
-        if self.drift_events is not None:
-            self.drift_events.flush()
-        self.dead_letters.flush()
-        if self.events is not None:
-            self.events.flush()
-        if self.source is None or not self._processed:
-            return
+    def _checkpoint_due(self, *, idle: bool, now: float) -> bool:
+        if not self._uncheckpointed:
+            return False
+        return (
+            idle
+            or self._rows_since_checkpoint >= self.error_log.roll_rows
+            or now - self._last_checkpoint >= self.error_log.roll_seconds
+        )
+
+    def _commit_offsets(self) -> CommitOffsets:
+        """What to commit for everything processed so far: next offsets, each with its rewind point."""
         rewind = self.assembler.rewind_offsets()
-        offsets = {
+        return {
             tp: (offset, {"v": 1, "rewind_offset": min(rewind.get(tp, offset), offset)})
             for tp, offset in self._processed.items()
         }
+
+    def _make_durable(self, offsets: CommitOffsets) -> CommitOffsets:
+        """Scorer stage: write every buffered row, drift event and event durably."""
+        self.error_log.flush()
+        if self.drift_events is not None:
+            self.drift_events.flush()
+        if self.events is not None:
+            self.events.flush()
+        return offsets
+
+    def _request_checkpoint(self) -> None:
+        """Snapshot the offsets now; commit them once the scorer made all work before them durable."""
+        offsets = self._commit_offsets()
+        self._uncheckpointed = self._rows_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        if self._worker is None:
+            self._commit(self._make_durable(offsets), time.perf_counter())
+            return
+        self._checkpoints.append(self._worker.submit(self._make_durable, offsets))
+
+    def _commit_completed(self) -> None:
+        latest: CommitOffsets | None = None
+        while self._checkpoints and self._checkpoints[0].done():
+            latest = self._checkpoints.popleft().result()
+        if latest is not None:
+            self._commit(latest, time.perf_counter())
+
+    def checkpoint(self) -> None:
+        """Make everything produced so far durable, then commit offsets (with the rewind point)."""
+        started = time.perf_counter()
+        self._drain()
+        self._uncheckpointed = self._rows_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._commit(self._make_durable(self._commit_offsets()), started)
+
+    def _commit(self, offsets: CommitOffsets, started: float) -> None:
+        """Flush dead letters (consumer thread), then commit ``offsets``, whose results are durable."""
+        self.dead_letters.flush()
+        if self.source is None or not offsets:
+            return
         try:
             self.source.commit(offsets)
         except KafkaError as error:  # data is durable; a later commit (or a replay) covers it
             log.warning("offset commit failed (%s); will retry at the next checkpoint", error)
+            self._uncheckpointed += 1
             return
         self.stats.commits += 1
         self.metrics.commits.inc()

@@ -45,6 +45,11 @@ class ScoringMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.swap_pause = Gauge(
+            "driftline_swap_pause_seconds",
+            "Gap between the last batch on the old model and the first on the new one, at the latest swap",
+            registry=r,
+        )
         self.model_version = Gauge(
             "driftline_model_version", "1 for the model version now serving", ["version"], registry=r
         )

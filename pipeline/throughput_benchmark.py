@@ -5,14 +5,19 @@
 - **end-to-end**: the scoring loop (decode, window, score, drift, Parquet, fsync, commit) on the topic.
 
 All three read the same readings (one per message, as sensors usually publish) and are reported in
-readings/s. Latency (produce -> row durable) is measured in a second phase where readings are produced
-at a fixed rate while the loop runs: each reading's timestamp is its produce time and each error-log row
-records when it was written (``ingest_time``).
+readings/s. Beside each rate the machine's CPU time per reading is measured (all processes, from
+``/proc/stat``, so the co-located broker counts): the end-to-end loop must do the work of both
+ceilings on the same cores, which bounds it at ``cores / (cpu_consume + cpu_model)``.
+
+Latency (produce -> row durable) is measured in a second phase where readings are produced at a fixed
+rate while the loop runs: each reading's timestamp is its produce time and each error-log row records
+when it was written (``ingest_time``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -50,10 +55,20 @@ class ThroughputResult:
     latency_rate: float
     partitions: int
     batch_size: int
+    cpu_us: dict[str, float | None]  # machine CPU microseconds per reading, per phase
+    cores: int
 
     @property
     def ratio(self) -> float:
         return self.end_to_end / min(self.consume_only, self.model_only)
+
+    @property
+    def additive_bound(self) -> float | None:
+        """Readings/s a loop doing the consume and the model work on these cores could reach at most."""
+        consume, model = self.cpu_us.get("consume_only"), self.cpu_us.get("model_only")
+        if consume is None or model is None:
+            return None
+        return self.cores * 1e6 / (consume + model)
 
     def headline(self) -> dict[str, float]:
         return {
@@ -64,25 +79,67 @@ class ThroughputResult:
             "latency_p50_ms": round(self.latency_p50_ms, 1),
             "latency_p99_ms": round(self.latency_p99_ms, 1),
             "readings": self.readings,
+            "cpu_us_per_reading_consume_only": _rounded(self.cpu_us.get("consume_only")),
+            "cpu_us_per_reading_model_only": _rounded(self.cpu_us.get("model_only")),
+            "cpu_us_per_reading_end_to_end": _rounded(self.cpu_us.get("end_to_end")),
+            "cores": self.cores,
         }
 
     def table(self) -> str:
         bottleneck = min(self.consume_only, self.model_only)
         rows = [
-            ("consume-only (kafka-python, same settings)", self.consume_only),
-            ("model-only (LSTM-AE, same micro-batch)", self.model_only),
-            ("end-to-end (decode+window+score+Parquet+commit)", self.end_to_end),
+            ("consume-only (kafka-python, same settings)", self.consume_only, self.cpu_us.get("consume_only")),
+            ("model-only (LSTM-AE, same micro-batch)", self.model_only, self.cpu_us.get("model_only")),
+            ("end-to-end (decode+window+score+Parquet+commit)", self.end_to_end, self.cpu_us.get("end_to_end")),
         ]
-        lines = [f"{'what':50s} {'readings/s':>12s}", "-" * 63]
-        lines += [f"{name:50s} {value:12,.0f}" for name, value in rows]
+        lines = [f"{'what':50s} {'readings/s':>12s} {'CPU us/reading':>15s}", "-" * 79]
+        lines += [f"{name:50s} {rate:12,.0f} {_cell(cpu):>15s}" for name, rate, cpu in rows]
         lines += [
-            "-" * 63,
+            "-" * 79,
             f"end-to-end / min(consume, model) = {self.ratio:.2f}  (target >= 0.80; bottleneck {bottleneck:,.0f}/s)",
             f"latency produce -> row durable at {self.latency_rate:,.0f} readings/s: "
             f"p50 {self.latency_p50_ms:.0f} ms, p99 {self.latency_p99_ms:.0f} ms",
             f"{self.readings:,} readings, {self.partitions} partitions, micro-batch {self.batch_size} readings",
         ]
+        bound = self.additive_bound
+        if bound is not None:
+            lines.append(
+                f"CPU bound on these {self.cores} cores (broker included): cores / (consume + model CPU per reading)"
+                f" = {bound:,.0f}/s = {bound / bottleneck:.2f} of the bottleneck"
+            )
         return "\n".join(lines)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f}"
+
+
+def _machine_cpu_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (Linux ``/proc/stat``), or None elsewhere."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuMeter:
+    """CPU microseconds per reading spent by the whole machine between ``start`` and ``stop``."""
+
+    def start(self) -> None:
+        self._begin = _machine_cpu_seconds()
+
+    def per_reading(self, readings: int) -> float | None:
+        end = _machine_cpu_seconds()
+        if self._begin is None or end is None or readings <= 0:
+            return None
+        return (end - self._begin) * 1e6 / readings
 
 
 def _messages(fleet: pd.DataFrame, channels: list[str], now: float | None = None) -> list[tuple[bytes, bytes]]:
@@ -162,12 +219,15 @@ def run_throughput(
         fetch_max_bytes=8 * 1024 * 1024,
         receive_message_max_bytes=16 * 1024 * 1024,
     )
+    cpu, cpu_us = _CpuMeter(), {}
     seen, started, counted_from = 0, 0.0, 0
     while seen < total:  # timed from the end of the first batch, as the loop is (group join excluded)
         seen += sum(len(records) for records in consumer.poll(timeout_ms=500).values())
         if seen and not started:
             started, counted_from = time.perf_counter(), seen
+            cpu.start()
     consume_only = (seen - counted_from) / (time.perf_counter() - started)
+    cpu_us["consume_only"] = cpu.per_reading(seen - counted_from)
     consumer.close()
 
     # (b) model-only, micro-batches of the loop's batch size (one window per reading)
@@ -178,10 +238,12 @@ def run_throughput(
     sample = windows[: max(batch_size * 20, 20_000)]
     reconstruction_errors(detector.model, sample[:batch_size], batch_size)  # warm-up
     started = time.perf_counter()
+    cpu.start()
     for i in range(0, len(sample), batch_size):
         stacked = np.ascontiguousarray(sample[i : i + batch_size])
         reconstruction_errors(detector.model, stacked, config.scoring.batch_size)
     model_only = len(sample) / (time.perf_counter() - started)
+    cpu_us["model_only"] = cpu.per_reading(len(sample))
 
     # end-to-end
     config = _config(base, bootstrap, topic, work / "e2e", registry)
@@ -192,12 +254,14 @@ def run_throughput(
     def stamp_first(_: object) -> None:
         if not first_batch and loop.stats.messages:
             first_batch.append((time.perf_counter(), loop.stats.messages))
+            cpu.start()
 
     loop.before_batch = stamp_first
     loop.run(source, max_messages=total, idle_timeout_s=10)
     # from the end of the first polled batch to the final flush and commit (group join excluded)
     t_first, counted_from = first_batch[0]
     end_to_end = (loop.stats.messages - counted_from) / (time.perf_counter() - t_first)
+    cpu_us["end_to_end"] = cpu.per_reading(loop.stats.messages - counted_from)
 
     # latency at a fixed rate: reading ts = produce time; row durable at ingest_time
     latency_topic = create_topic(bootstrap, "bench", partitions)
@@ -238,4 +302,6 @@ def run_throughput(
         latency_rate=latency_rate,
         partitions=partitions,
         batch_size=batch_size,
+        cpu_us=cpu_us,
+        cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
     )

@@ -1,0 +1,175 @@
+"""The scoring loop's two stages (consumer thread + scorer thread) against an in-memory source.
+
+Kafka behaviour (commits surviving restarts, rebalances) is pinned against the real broker in
+test_serve_kafka.py; here the source is a list, so the ordering rules of the pipeline can be checked
+exactly: same rows as the single-threaded loop, swaps at batch boundaries, commits only of durable work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.detector import AnomalyDetector
+from models.training import TrainingConfig
+from pipeline.consumer import LoopSettings, ScoringLoop
+from pipeline.messages import encode_readings
+from pipeline.scorer import WindowScorer
+from pipeline.sinks import DeadLetterFile, ErrorLogSink
+from pipeline.sources import Record, TopicPartitionKey
+from pipeline.windows import WindowAssembler
+
+CHANNELS = ("a", "b")
+WINDOW = 5
+
+
+class ListSource:
+    """Hands out ``records`` ``batch`` at a time; remembers every commit."""
+
+    def __init__(self, records: list[Record], batch: int) -> None:
+        self.records, self.batch, self.position = records, batch, 0
+        self.commits: list[dict[TopicPartitionKey, tuple[int, dict[str, Any]]]] = []
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        out = self.records[self.position : self.position + min(self.batch, max_records)]
+        self.position += len(out)
+        return out
+
+    def commit(self, offsets: dict[TopicPartitionKey, tuple[int, dict[str, Any]]]) -> None:
+        self.commits.append(dict(offsets))
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self.position = offset
+
+    def lag(self) -> dict[TopicPartitionKey, int]:
+        return {("t", 0): len(self.records) - self.position}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def detector() -> AnomalyDetector:
+    rng = np.random.default_rng(0)
+    return AnomalyDetector.fit(
+        rng.normal(size=(400, 2)),
+        window=WINDOW,
+        hidden_size=8,
+        latent_size=2,
+        channels=CHANNELS,
+        training=TrainingConfig(epochs=1, progress=False),
+    )
+
+
+def records(n_per_sensor: int = 60, sensors: int = 3) -> list[Record]:
+    rng = np.random.default_rng(1)
+    out = []
+    for t in range(n_per_sensor):
+        for s in range(sensors):
+            values = dict(zip(CHANNELS, rng.normal(size=2).tolist(), strict=True))
+            reading = {"sensor_id": f"s{s}", "ts": 1_700_000_000.0 + t, "values": values}
+            out.append(Record("t", 0, len(out), f"s{s}".encode(), encode_readings([reading])))
+    return out
+
+
+def make_loop(detector: AnomalyDetector, root: Path, *, pipelined: bool) -> ScoringLoop:
+    return ScoringLoop(
+        WindowScorer(detector, "v1"),
+        WindowAssembler(WINDOW),
+        ErrorLogSink(root, CHANNELS, roll_seconds=3600),
+        DeadLetterFile(root / "dead.jsonl"),
+        settings=LoopSettings(pipelined=pipelined, max_poll_records=16),
+    )
+
+
+def read_log(root: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(root / "errors")
+    return frame.sort_values(["sensor_id", "window_end"]).reset_index(drop=True)
+
+
+def test_pipelined_loop_writes_the_same_rows_as_the_single_threaded_one(
+    detector: AnomalyDetector, tmp_path: Path
+) -> None:
+    logs = {}
+    for pipelined in (False, True):
+        loop = make_loop(detector, tmp_path / str(pipelined), pipelined=pipelined)
+        source = ListSource(records(), batch=16)
+        stats = loop.run(source, idle_timeout_s=0)
+        assert stats.windows == 3 * (60 - WINDOW + 1)
+        assert source.commits[-1][("t", 0)][0] == 180  # everything committed at the end
+        logs[pipelined] = read_log(tmp_path / str(pipelined)).drop(columns=["ingest_time"])
+    pd.testing.assert_frame_equal(logs[False], logs[True])
+
+
+def test_a_model_swap_lands_between_two_micro_batches(detector: AnomalyDetector, tmp_path: Path) -> None:
+    loop = make_loop(detector, tmp_path, pipelined=True)
+    swapped_at: list[int] = []
+
+    def swap_after_three_polls(loop: ScoringLoop) -> None:
+        if source.position == 48 and not swapped_at:
+            swapped_at.append(source.position)
+            loop.swap_model(detector, "v2")
+
+    loop.before_batch = swap_after_three_polls
+    source = ListSource(records(), batch=16)
+    stats = loop.run(source, idle_timeout_s=0)
+    frame = read_log(tmp_path)
+    old, new = frame[frame["model_version"] == "v1"], frame[frame["model_version"] == "v2"]
+    assert stats.model_swaps == 1
+    assert len(old) + len(new) == stats.windows
+    # every window whose last reading came before the swap was scored by v1, every later one by v2
+    assert old["source_offset_end"].max() < 48 <= new["source_offset_end"].min()
+    assert stats.swap_pause_ms is not None
+    assert stats.swap_pause_ms >= 0
+
+
+def test_a_scorer_failure_stops_the_loop_and_commits_nothing_unwritten(
+    detector: AnomalyDetector, tmp_path: Path
+) -> None:
+    loop = make_loop(detector, tmp_path, pipelined=True)
+    loop.error_log = ErrorLogSink(tmp_path, CHANNELS, roll_seconds=0.0)  # a checkpoint after every batch
+    real_score = loop.scorer.score
+    calls = {"n": 0}
+
+    def failing_score(windows):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("model blew up")
+        return real_score(windows)
+
+    loop.scorer.score = failing_score  # type: ignore[method-assign]
+    source = ListSource(records(), batch=16)
+    with pytest.raises(RuntimeError, match="model blew up"):
+        loop.run(source, idle_timeout_s=0)
+    written = set(read_log(tmp_path)["source_offset_end"])
+    for commit in source.commits:  # every committed offset is covered by rows already written
+        next_offset = commit[("t", 0)][0]
+        expected = set(range(WINDOW * 3 - 3, next_offset))  # offsets whose readings end windows
+        assert expected <= written
+    assert source.commits
+    assert source.commits[-1][("t", 0)][0] <= 4 * 16
+
+
+def test_a_failed_commit_is_retried_at_the_next_checkpoint(detector: AnomalyDetector, tmp_path: Path) -> None:
+    from kafka.errors import CommitFailedError
+
+    loop = make_loop(detector, tmp_path, pipelined=True)
+    loop.error_log = ErrorLogSink(tmp_path, CHANNELS, roll_seconds=0.0)
+    source = ListSource(records(), batch=16)
+    real_commit = source.commit
+    failures = {"left": 1}
+
+    def flaky_commit(offsets):  # type: ignore[no-untyped-def]
+        if failures["left"]:
+            failures["left"] -= 1
+            raise CommitFailedError("group rebalanced")
+        real_commit(offsets)
+
+    source.commit = flaky_commit  # type: ignore[method-assign]
+    loop.run(source, idle_timeout_s=0)
+    assert failures["left"] == 0
+    assert source.commits[-1][("t", 0)][0] == 180
