@@ -143,6 +143,7 @@ class ScoringSettings(_Section):
     poll_timeout_s: float = Field(0.5, gt=0)
     max_message_bytes: int = Field(1_000_000, gt=0, description="Bigger messages are dead-lettered.")
     allowed_sensors: list[str] | None = Field(None, description="Whitelist; others are dead-lettered.")
+    pipelined: bool = Field(True, description="Score on a second thread while the next batch is decoded.")
 
 
 class DriftSettings(_Section):

@@ -54,6 +54,7 @@ def build_loop(
         max_poll_records=config.kafka.max_poll_records,
         max_message_bytes=config.scoring.max_message_bytes,
         allowed_sensors=allowed,
+        pipelined=config.scoring.pipelined,
     )
     log.info(
         "serving model %s (%s) on %s, window %d, channels %s",
