@@ -35,45 +35,11 @@ from pipeline.producer import batch_messages
 from pipeline.service import build_loop
 from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
 from pipeline.sinks import DeadLetterFile
-from pipeline.sources import Record, TopicPartitionKey
+from pipeline.sources import PacedSource, Record
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("never", "recent", "recent+replay")
-
-
-class PacedSource:
-    """In-memory records released at ``rate`` records per second of wall time (one partition)."""
-
-    def __init__(self, records: list[Record], rate: float) -> None:
-        self.records = records
-        self.rate = rate
-        self.position = 0
-        self.started: float | None = None
-
-    def poll(self, timeout_s: float, max_records: int) -> list[Record]:
-        now = time.perf_counter()
-        if self.started is None:
-            self.started = now
-        allowed = min(len(self.records), int((now - self.started) * self.rate) + 1)
-        if allowed <= self.position:
-            time.sleep(min(timeout_s, 0.01))
-            return []
-        batch = self.records[self.position : min(allowed, self.position + max_records)]
-        self.position += len(batch)
-        return batch
-
-    def commit(self, offsets: dict[TopicPartitionKey, tuple[int, dict[str, Any]]]) -> None:
-        pass
-
-    def seek(self, topic: str, partition: int, offset: int) -> None:
-        self.position = offset
-
-    def lag(self) -> dict[TopicPartitionKey, int]:
-        return {("stream", 0): len(self.records) - self.position}
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass

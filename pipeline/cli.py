@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -481,23 +482,39 @@ def tqdm_files(total: int):  # type: ignore[no-untyped-def]
     default=None,
     help="Output folder (default: <data_dir>/demo).",
 )
-@click.option("--epochs", type=int, default=None, help="Training epochs (default: training.epochs).")
+@click.option("--epochs", type=int, default=None, help="Initial training epochs (default: training.epochs).")
+@click.option("--rate", type=float, default=300.0, show_default=True, help="Stream pace, readings per second.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Seed of the simulated fleet.")
+@click.option("--kafka", "use_kafka", is_flag=True, help="Stream through kafka.bootstrap_servers instead of memory.")
 @pass_app
-def demo(app: _AppContext, out_dir: Path | None, epochs: int | None) -> None:
-    """Run the pipeline end to end on a simulated fleet, with no external services."""
+def demo(app: _AppContext, out_dir: Path | None, epochs: int | None, rate: float, seed: int, use_kafka: bool) -> None:
+    """The whole product on a simulated fleet: train, stream, detect drift, retrain, hot-swap, report.
+
+    No external service is needed; with --kafka the stream goes through a real broker
+    (kafka.bootstrap_servers; `driftline kafka up` starts one locally).
+    """
     import shutil
     from dataclasses import replace
 
-    from pipeline.demo import run_demo
+    from pipeline.demo import default_spec, run_demo
 
     config = app.config
     out_dir = out_dir or config.data_dir / "demo"
     if out_dir.exists():
         shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    _log_to_file(out_dir / "demo.log")  # the terminal keeps the progress bars and warnings
     training = replace(config.training, epochs=epochs or config.training.epochs, device=config.model.device)
-    click.echo(f"driftline demo: simulating a fleet, training, scoring -> {out_dir}")
-    summary = run_demo(config, out_dir, training=training)
-    click.echo("\n".join(["", "summary", *("  " + line for line in summary.lines())]))
+    where = f"Kafka at {config.kafka.bootstrap_servers}" if use_kafka else "no broker"
+    click.echo(
+        f"driftline demo ({where}): simulate a fleet with anomalies and a drift, train, stream through the "
+        f"scorer, retrain on drift, hot-swap -> {out_dir}"
+    )
+    started = time.perf_counter()
+    summary = run_demo(config, out_dir, spec=default_spec(seed), training=training, rate=rate, kafka=use_kafka)
+    click.echo(
+        "\n".join(["", f"summary ({time.perf_counter() - started:.0f} s)", *("  " + line for line in summary.lines())])
+    )
 
 
 @cli.command()
@@ -627,6 +644,101 @@ def simulate(
     finally:
         producer.close()
     click.echo(f"produced {sent:,} readings to {topic} at {config.kafka.bootstrap_servers}")
+
+
+@cli.command()
+@click.argument("sql")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "csv", "json", "parquet"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here.")
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Error-log folder (default: sinks.error_log_dir).",
+)
+@pass_app
+def query(app: _AppContext, sql: str, output_format: str, out_path: Path | None, log_dir: Path | None) -> None:
+    """Run SQL (DuckDB) over the logs; views: errors, drift_events, retraining.
+
+    \b
+    driftline query "SELECT sensor_id, count(*) FILTER (anomaly) AS anomalies FROM errors GROUP BY 1"
+    driftline query "SELECT * FROM drift_events ORDER BY ts" --format csv --out drift.csv
+    """
+    import duckdb
+
+    from pipeline.query import run_query, write_result
+
+    try:
+        frame = run_query(log_dir or app.config.error_log_dir, sql)
+        text = write_result(frame, output_format, out_path)  # type: ignore[arg-type]
+    except (duckdb.Error, ValueError) as error:
+        raise click.ClickException(f"{error}\n(views: errors, drift_events, retraining; see docs/schemas.md)") from None
+    if text is not None:
+        click.echo(text.rstrip("\n"))
+    else:
+        click.echo(f"wrote {len(frame):,} rows to {out_path}", err=True)
+
+
+@cli.command()
+@click.option(
+    "--since", default=None, help="ISO time (2026-01-01T06:00Z) or a span back from the newest window: 6h, 2d, 30m."
+)
+@click.option("--until", default=None, help="ISO time; default: the newest window.")
+@click.option("--sensor", "sensors", multiple=True, help="Only these sensors (repeatable).")
+@click.option("--top", type=int, default=10, show_default=True, help="Anomalous windows to break down by channel.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Default <data_dir>/report.",
+)
+@click.option(
+    "--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Default sinks.error_log_dir."
+)
+@pass_app
+def report(
+    app: _AppContext,
+    since: str | None,
+    until: str | None,
+    sensors: tuple[str, ...],
+    top: int,
+    out_dir: Path | None,
+    log_dir: Path | None,
+) -> None:
+    """Write an HTML report (and PNGs) of errors, anomalies, drift, model versions and retraining."""
+    from pipeline.report import build_report
+    from pipeline.time_spans import resolve_span
+
+    config = app.config
+    log_dir = log_dir or config.error_log_dir
+    try:
+        start, end = resolve_span(log_dir, since, until)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since/--until") from None
+    out_dir = out_dir or config.data_dir / "report"
+    result = build_report(
+        log_dir, config.registry_dir, out_dir, since=start, until=end, sensors=list(sensors) or None, top=top
+    )
+    figures, sensors_shown = len(result.figures), len(result.sensors)
+    click.echo(f"report: {result.html} ({figures} figures, {result.windows:,} windows, {sensors_shown} sensors)")
+
+
+def _log_to_file(path: Path) -> None:
+    """INFO and up go to ``path``; the console handlers keep only warnings and errors."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setLevel(logging.WARNING)
+    to_file = logging.FileHandler(path)
+    to_file.setLevel(logging.INFO)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(to_file)
 
 
 def main() -> None:

@@ -1,108 +1,378 @@
-"""The embedded demo: simulate a fleet, train a model, score the stream, summarise what was caught.
+"""The one-command demo: the whole product on a simulated fleet, with no external service unless asked.
 
-No external service is needed; everything lands under one output folder. As the streaming scorer and
-retraining land, this grows into the full loop (Kafka when configured, drift, hot-swap).
+1. simulate a fleet with labelled anomalies and an abrupt drift to a new operating point;
+2. train the initial model on each sensor's normal prefix, publish it, seed the replay buffer;
+3. stream the rest through the real scoring loop (an in-memory paced source, or a Kafka topic when
+   ``--kafka`` is given) at a fixed pace, writing the Parquet error log;
+4. River notices the drift; the fleet-wide drift event asks the real scheduler for a retraining run
+   (after ``retrain.debounce_s``, so some post-drift data exists); the job fine-tunes on recent normal
+   windows plus the replay buffer, gates the candidate and promotes it; the running loop hot-swaps it;
+5. print a summary checked against the injected ground truth and write the HTML report.
+
+The demo's own settings (pace, retraining window, debounce) are chosen so that every step happens in a
+couple of minutes on two CPU cores; everything else comes from the user's configuration.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from jobs.replay import ReplayBuffer
+from jobs.retrain import RetrainDecision, normal_windows, retrain_once
+from jobs.scheduler import DRIFT_JOB, build_scheduler, request_drift_run
 from models.detector import AnomalyDetector
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
 from pipeline.config import DriftlineConfig
-from pipeline.simulator import FleetSpec, anomaly_episodes, simulate_fleet
+from pipeline.consumer import ScoringLoop
+from pipeline.messages import encode_readings
+from pipeline.producer import batch_messages
+from pipeline.query import connect
+from pipeline.report import build_report
+from pipeline.service import build_loop
+from pipeline.simulator import DriftSpec, FleetSpec, anomaly_episodes, simulate_fleet
+from pipeline.sinks import DeadLetterFile, KafkaDeadLetters, KafkaEventPublisher
+from pipeline.sources import KafkaSource, PacedSource, Record, Source
+
+log = logging.getLogger(__name__)
+
+
+def default_spec(seed: int = 7) -> FleetSpec:
+    """4 sensors x 6,000 s, anomalies after a 900 s normal prefix, abrupt drift at 2,400 s; ends now."""
+    rows = 6000
+    start = pd.Timestamp.now(tz="UTC").floor("s") - pd.Timedelta(seconds=rows)
+    return FleetSpec(
+        sensors=4,
+        rows=rows,
+        normal_prefix_rows=900,
+        anomalies_per_sensor=5,
+        drift=DriftSpec(at_row=2400, kind="abrupt"),
+        start=start.isoformat().replace("+00:00", "Z"),
+        seed=seed,
+    )
 
 
 @dataclass(frozen=True)
 class DemoSummary:
+    source: str
     sensors: int
     readings: int
     windows_scored: int
+    lost_windows: int
+    duplicate_windows: int
     episodes_injected: int
     episodes_caught: int
     median_delay_s: float | None
-    false_alarm_rate: float  # share of windows over normal readings that alarmed
-    model_version: str
-    scores_path: Path
+    far_before_drift: float | None  # share of normal windows alarmed, old regime
+    far_after_swap: float | None  # share of normal windows alarmed, new regime, models trained on it
+    drift_at: pd.Timestamp
+    drift_detected_at: pd.Timestamp | None
+    false_fleet_drifts: int  # fleet-wide detections before the injected drift
+    versions: list[tuple[str, pd.Timestamp, int]]  # version, first window end, windows scored
+    retraining: list[str]
+    report: Path
+    error_log: Path
 
     def lines(self) -> list[str]:
+        def pct(value: float | None) -> str:
+            return "n/a" if value is None else f"{100 * value:.2f} %"
+
         delay = f"{self.median_delay_s:.0f} s" if self.median_delay_s is not None else "n/a"
+        detected = (
+            f"{self.drift_detected_at:%H:%M:%S} (+{(self.drift_detected_at - self.drift_at).total_seconds():.0f} s)"
+            if self.drift_detected_at is not None
+            else "not detected"
+        )
         return [
+            f"source                 {self.source}",
             f"readings streamed      {self.readings:,} from {self.sensors} sensors",
-            f"windows scored         {self.windows_scored:,}",
+            f"windows scored         {self.windows_scored:,} (lost {self.lost_windows}, "
+            f"duplicated {self.duplicate_windows})",
             f"anomalies caught       {self.episodes_caught} of {self.episodes_injected} injected "
             f"(median delay {delay})",
-            f"false-alarm rate       {100 * self.false_alarm_rate:.2f} % of normal windows",
-            f"model version          {self.model_version}",
-            f"window scores          {self.scores_path}",
+            f"false-alarm rate       {pct(self.far_before_drift)} of normal windows before the drift, "
+            f"{pct(self.far_after_swap)} after it with models retrained on the new regime",
+            f"drift                  injected at {self.drift_at:%H:%M:%S}, detected at {detected}; "
+            f"{self.false_fleet_drifts} fleet-wide false alarm(s) before it",
+            "model versions         "
+            + ", ".join(f"{v} from {t:%H:%M:%S} ({n:,} windows)" for v, t, n in self.versions),
+            *(f"retraining             {line}" for line in self.retraining or ["no run"]),
+            f"error log              {self.error_log}",
+            f"report                 {self.report}",
         ]
+
+
+def demo_config(config: DriftlineConfig, out_dir: Path, topic: str | None = None) -> DriftlineConfig:
+    """The user's config with everything the demo writes under ``out_dir`` and demo-sized retraining."""
+    updates: dict[str, Any] = {
+        "data_dir": out_dir,
+        "model": config.model.model_copy(update={"registry_dir": out_dir / "registry", "watch_interval_s": 0.2}),
+        "sinks": config.sinks.model_copy(update={"error_log_dir": out_dir / "error_log", "roll_seconds": 0.5}),
+        "metrics": config.metrics.model_copy(update={"port": 0}),
+        "retrain": config.retrain.model_copy(
+            update={
+                "recent_hours": 600 / 3600,  # 10 min of simulated time
+                "min_windows": 100,
+                "interval_minutes": None,
+                "cron": None,
+                "on_drift": True,
+                "debounce_s": 8.0,  # wall seconds: ~600 s of post-drift stream at the demo's pace
+                "epochs": min(config.retrain.epochs, 8),
+            }
+        ),
+    }
+    if topic is not None:
+        updates["kafka"] = config.kafka.model_copy(update={"topics": [topic]})
+    return config.model_copy(update=updates)
+
+
+class _DriftToScheduler:
+    """An event publisher for the loop: fleet-wide drift events ask the scheduler for one run."""
+
+    def __init__(self, on_drift: Any, also: KafkaEventPublisher | None = None) -> None:
+        self.on_drift = on_drift
+        self.also = also
+        self.fleet_drifts: list[float] = []  # event times of fleet-wide detections
+
+    def publish(self, event: dict[str, Any]) -> None:
+        if self.also is not None:
+            self.also.publish(event)
+        if event.get("type") == "drift" and event.get("scope") == "fleet":
+            self.fleet_drifts.append(float(event["ts"]))
+            self.on_drift(f"{event.get('detector')} on the fleet at {pd.Timestamp(event['ts'], unit='s'):%H:%M:%S}")
+
+    def flush(self) -> None:
+        if self.also is not None:
+            self.also.flush()
 
 
 def run_demo(
     config: DriftlineConfig,
     out_dir: Path,
+    *,
     spec: FleetSpec | None = None,
     training: TrainingConfig | None = None,
+    rate: float = 300.0,
+    kafka: bool = False,
+    progress: bool = True,
 ) -> DemoSummary:
-    """Simulate, train on each sensor's normal prefix, score the rest, write Parquet, summarise."""
-    spec = spec or FleetSpec(sensors=4, rows=2400, normal_prefix_rows=900, anomalies_per_sensor=2, seed=7)
+    """Simulate, train, stream through the scorer, retrain on drift, hot-swap, summarise, report."""
+    spec = spec or default_spec()
     training = training or config.training
-    fleet = simulate_fleet(spec)
-    per_sensor = {sensor: frame.set_index("timestamp") for sensor, frame in fleet.groupby("sensor_id")}
-    channels = list(spec.channels)
-    settings = config.model
-
-    detector = AnomalyDetector.fit(
-        [frame[channels].to_numpy()[: spec.normal_prefix_rows] for frame in per_sensor.values()],
-        training=training,
-        channels=tuple(channels),
-        **settings.fit_options(),
-    )
-    registry = ModelRegistry(out_dir / "registry")
-    version = registry.publish(detector, promote=True, reason="demo: initial model")
-
-    frames, caught, delays, injected = [], 0, [], 0
-    false_alarms = normal_windows = 0
-    for sensor, frame in tqdm(per_sensor.items(), desc="scoring", unit="sensor"):
-        stream = frame.iloc[spec.normal_prefix_rows - settings.window + 1 :]  # context for the first window
-        detection = detector.predict(stream[channels].to_numpy())
-        scored = detection.to_frame(stream.index, settings.window, channels)
-        scored.insert(0, "sensor_id", sensor)
-        scored["model_version"] = version
-        scored["label"] = stream["anomaly"].to_numpy()[detection.window_end_row]
-        frames.append(scored)
-        flags = detection.row_flags(len(stream))
-        for start, stop in anomaly_episodes(stream["anomaly"].to_numpy()):
-            injected += 1
-            hits = np.flatnonzero(flags[start : stop + settings.window])
-            if hits.size:
-                caught += 1
-                delays.append(float(hits[0]))
-        # a window is "normal" when none of its readings is labelled anomalous
-        labels = stream["anomaly"].to_numpy()
-        dirty = np.convolve(labels, np.ones(settings.window, dtype=int))[: len(labels)] > 0
-        normal = ~dirty[detection.window_end_row]
-        normal_windows += int(normal.sum())
-        false_alarms += int((detection.alarm & normal).sum())
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    scores_path = out_dir / "window_scores.parquet"
-    pd.concat(frames, ignore_index=True).to_parquet(scores_path, index=False)
+    fleet = simulate_fleet(spec)
+    fleet.to_parquet(out_dir / "fleet.parquet", index=False)
+    channels = list(spec.channels)
+    topic = None
+    if kafka:
+        from pipeline.producer import create_topic
+
+        topic = create_topic(config.kafka.bootstrap_servers, "driftline-demo", partitions=2)
+    cfg = demo_config(config, out_dir, topic)
+    window = cfg.model.window
+
+    # 2. the initial model, trained on each sensor's normal prefix; its windows seed the replay buffer
+    prefix = fleet[fleet.groupby("sensor_id").cumcount() < spec.normal_prefix_rows]
+    segments = [g[channels].to_numpy() for _, g in prefix.groupby("sensor_id")]
+    detector = AnomalyDetector.fit(segments, training=training, channels=tuple(channels), **cfg.model.fit_options())
+    registry = ModelRegistry(cfg.registry_dir)
+    registry.publish(detector, promote=True, reason="demo: initial model")
+    replay = ReplayBuffer(cfg.retrain.replay_capacity, window, len(channels))
+    replay.add(normal_windows(_with_ts(prefix), channels, window)[0])
+    replay.save(cfg.data_dir / "replay" / "buffer.npz")
+
+    # 3. the stream: everything after the prefix, with one window of context before it
+    stream = fleet[fleet.groupby("sensor_id").cumcount() >= spec.normal_prefix_rows - window + 1]
+    stream = stream.sort_values(["timestamp", "sensor_id"], kind="stable")
+    timed = _with_ts(fleet)
+    loop_box: dict[str, ScoringLoop] = {}
+    decisions: list[tuple[float, RetrainDecision]] = []  # (newest event time it trained on, decision)
+    busy = threading.Event()
+
+    def job(config: DriftlineConfig, *, trigger: str) -> RetrainDecision:
+        busy.set()
+        try:
+            now_s = loop_box["loop"].latest_event_ts
+            since = now_s - config.retrain.recent_hours * 3600
+            recent = None if kafka else timed[(timed["ts"] > since) & (timed["ts"] <= now_s)]
+            decision = retrain_once(config, trigger=trigger, readings=recent, now_s=now_s)
+            decisions.append((now_s, decision))
+            return decision
+        finally:
+            busy.clear()
+
+    scheduler = build_scheduler(cfg, job)
+    scheduler.start()
+    producer = None
+    try:
+        if kafka:
+            from kafka import KafkaProducer
+
+            producer = KafkaProducer(**cfg.kafka.client_options(), acks="all", linger_ms=20)
+            publisher = _DriftToScheduler(
+                lambda reason: request_drift_run(scheduler, cfg, reason, job),
+                also=KafkaEventPublisher(producer, cfg.kafka.events_topic),
+            )
+            loop = build_loop(cfg, KafkaDeadLetters(producer, cfg.kafka.dead_letter_topic), events=publisher)
+            source: Source = KafkaSource(cfg.kafka, loop.on_assigned, loop.on_revoked)
+            feeder = threading.Thread(
+                target=_produce_paced, args=(producer, topic, stream, channels, rate), daemon=True
+            )
+            feeder.start()
+            source_name = f"Kafka topic {topic} at {cfg.kafka.bootstrap_servers}"
+        else:
+            publisher = _DriftToScheduler(lambda reason: request_drift_run(scheduler, cfg, reason, job))
+            loop = build_loop(cfg, DeadLetterFile(out_dir / "dead_letters.jsonl"), events=publisher)
+            records = [
+                Record("demo", 0, offset, key, encode_readings(readings))
+                for offset, (key, readings) in enumerate(batch_messages(stream, channels))
+            ]
+            source = PacedSource(records, rate)
+            source_name = f"embedded (in-memory stream at {rate:,.0f} readings/s, no broker)"
+        loop_box["loop"] = loop
+        _stream(loop, source, len(stream), scheduler, busy, progress)
+    finally:
+        scheduler.shutdown(wait=True)
+        if producer is not None:
+            producer.close()
+
+    report = build_report(cfg.error_log_dir, cfg.registry_dir, out_dir / "report")
+    return _summarise(
+        fleet,
+        stream,
+        spec,
+        cfg,
+        source_name,
+        publisher.fleet_drifts,
+        decisions,
+        report.html,
+    )
+
+
+def _with_ts(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(ts=(frame["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
+
+
+def _produce_paced(producer: Any, topic: str, stream: pd.DataFrame, channels: list[str], rate: float) -> None:
+    """Send the stream at ``rate`` readings/s, each message stamped with its reading's event time."""
+    started = time.perf_counter()
+    for sent, (key, readings) in enumerate(batch_messages(stream, channels), start=1):
+        producer.send(topic, key=key, value=encode_readings(readings), timestamp_ms=int(readings[-1]["ts"] * 1000))
+        ahead = sent / rate - (time.perf_counter() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush()
+
+
+def _stream(
+    loop: ScoringLoop, source: Source, total: int, scheduler: Any, busy: threading.Event, progress: bool
+) -> None:
+    """Run the loop until the stream is consumed and no retraining is pending or running."""
+    swap_hook = loop.before_batch
+    bar = tqdm(total=total, desc="streaming", unit="reading", disable=not progress)
+    quiet_since: list[float] = []
+
+    def hook(loop: ScoringLoop) -> None:
+        if swap_hook is not None:
+            swap_hook(loop)
+        bar.update(min(loop.stats.messages, total) - bar.n)
+        bar.set_postfix(
+            model=loop.scorer.model_version,
+            anomalies=loop.stats.anomalies,
+            drift=loop.stats.drift_events,
+            refresh=False,
+        )
+        settled = loop.stats.messages >= total and not busy.is_set() and scheduler.get_job(DRIFT_JOB) is None
+        if not settled:
+            quiet_since.clear()
+        elif not quiet_since:
+            quiet_since.append(time.monotonic())
+        elif time.monotonic() - quiet_since[0] > 2.0:  # the swap of a just-promoted model lands first
+            loop.request_stop()
+
+    loop.before_batch = hook
+    try:
+        loop.run(source)
+    finally:
+        bar.close()
+
+
+def _summarise(
+    fleet: pd.DataFrame,
+    stream: pd.DataFrame,
+    spec: FleetSpec,
+    cfg: DriftlineConfig,
+    source_name: str,
+    fleet_drifts: list[float],
+    decisions: list[tuple[float, RetrainDecision]],
+    report: Path,
+) -> DemoSummary:
+    window = cfg.model.window
+    with connect(cfg.error_log_dir) as connection:
+        log_frame = connection.execute(
+            "SELECT sensor_id, window_end, anomaly, model_version FROM errors ORDER BY window_end"
+        ).df()
+    log_frame["window_end"] = log_frame["window_end"].dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    keys = set(zip(log_frame["sensor_id"], log_frame["window_end"], strict=True))
+    expected = sum(max(0, len(g) - window + 1) for _, g in stream.groupby("sensor_id"))
+    assert spec.drift is not None
+    drift_at = pd.Timestamp(spec.start) + pd.Timedelta(seconds=spec.drift.at_row)
+    drift_at_s = (drift_at - pd.Timestamp(0, tz="UTC")).total_seconds()
+    detected_ts = next((ts for ts in fleet_drifts if ts >= drift_at_s), None)
+
+    caught, delays, injected, far_pre, far_post = 0, [], 0, [0, 0], [0, 0]
+    # models that learned the new regime: promoted by runs whose recent data ends after the drift
+    post_drift_models = {d.candidate_version for end, d in decisions if d.candidate_version and end > drift_at_s}
+    for sensor, readings in fleet.groupby("sensor_id"):
+        rows = log_frame[log_frame["sensor_id"] == sensor].set_index("window_end")
+        labels = readings.set_index("timestamp")["anomaly"].to_numpy()
+        times = readings["timestamp"].to_numpy()
+        flagged_times = rows.index[rows["anomaly"].to_numpy()]
+        for start, stop in anomaly_episodes(labels):
+            injected += 1
+            end = times[min(stop + window, len(times)) - 1]
+            hits = flagged_times[(flagged_times >= times[start]) & (flagged_times <= end)]
+            if len(hits):
+                caught += 1
+                delays.append((hits[0] - times[start]).total_seconds())
+        dirty = pd.Series(np.convolve(labels, np.ones(window, dtype=int))[: len(labels)] > 0, index=times)
+        normal = ~dirty.reindex(rows.index).fillna(True).to_numpy(dtype=bool)
+        old = np.asarray(rows.index < drift_at)
+        new_model = rows["model_version"].isin(post_drift_models).to_numpy()
+        for bucket, mask in ((far_pre, normal & old), (far_post, normal & ~old & new_model)):
+            bucket[0] += int(rows["anomaly"].to_numpy()[mask].sum())
+            bucket[1] += int(mask.sum())
+
+    versions = log_frame.groupby("model_version", sort=False)["window_end"].agg(["min", "count"]).itertuples(name=None)
     return DemoSummary(
+        source=source_name,
         sensors=spec.sensors,
-        readings=len(fleet),
-        windows_scored=sum(len(f) for f in frames),
+        readings=len(stream),
+        windows_scored=len(log_frame),
+        lost_windows=max(0, expected - len(keys)),
+        duplicate_windows=len(log_frame) - len(keys),
         episodes_injected=injected,
         episodes_caught=caught,
         median_delay_s=float(np.median(delays)) if delays else None,
-        false_alarm_rate=false_alarms / max(normal_windows, 1),
-        model_version=version,
-        scores_path=scores_path,
+        far_before_drift=far_pre[0] / far_pre[1] if far_pre[1] else None,
+        far_after_swap=far_post[0] / far_post[1] if far_post[1] else None,
+        drift_at=drift_at,
+        drift_detected_at=pd.Timestamp(detected_ts, unit="s", tz="UTC") if detected_ts is not None else None,
+        false_fleet_drifts=sum(ts < drift_at_s for ts in fleet_drifts),
+        versions=[(v, t, int(n)) for v, t, n in versions],
+        retraining=[
+            f"{d.trigger}: {d.outcome} {d.candidate_version or ''} ({d.reason}, {d.seconds:.0f} s)".replace("  ", " ")
+            for _, d in decisions
+        ],
+        report=report,
+        error_log=cfg.error_log_dir,
     )

@@ -4,6 +4,12 @@ ADWIN (default), PageHinkley (``mode="up"``: only rising error matters) and KSWI
 Each detection becomes a :class:`DriftEvent`. :meth:`DriftMonitor.reset` starts every detector afresh
 (``clone()``) and is called on every model swap, since the error stream of a new model is a new stream.
 
+**Fleet-wide** the detector watches the *median across sensors* of each sensor's latest error, fed
+once per round (as many updates as there are active sensors). An anomaly on one sensor moves that
+sensor's error but not the fleet median, so anomalies do not read as fleet drift; a change of operating
+point moves every sensor, hence the median. Sensors silent for ``fleet_max_age_s`` (event time) leave
+the median.
+
 >>> monitor = DriftMonitor("page_hinkley", model_version="v000001")
 >>> events = [e for i in range(600) for e in monitor.update("s1", float(i), 0.1 if i < 300 else 5.0)]
 >>> [(e.scope, e.sensor_id, e.detector) for e in events][:2]
@@ -12,6 +18,7 @@ Each detection becomes a :class:`DriftEvent`. :meth:`DriftMonitor.reset` starts 
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -52,14 +59,23 @@ class DriftEvent:
 class DriftMonitor:
     """One detector per sensor plus one on the fleet-wide error stream."""
 
-    def __init__(self, detector: DetectorName = "adwin", model_version: str = "", fleet: bool = True) -> None:
+    def __init__(
+        self,
+        detector: DetectorName = "adwin",
+        model_version: str = "",
+        fleet: bool = True,
+        fleet_max_age_s: float = 300.0,
+    ) -> None:
         self.detector_name: DetectorName = detector
         self.model_version = model_version
         self.fleet = fleet
+        self.fleet_max_age_s = fleet_max_age_s
         self._prototype = make_detector(detector)
         self._detectors: dict[str, DriftDetector] = {}
         self._counts: dict[str, int] = {}
         self._means: dict[str, float] = {}
+        self._latest: dict[str, tuple[float, float]] = {}  # sensor -> (ts, error), for the fleet median
+        self._since_fleet = 0
 
     def reset(self, model_version: str) -> None:
         """Forget all history (a new model makes a new error stream)."""
@@ -67,6 +83,8 @@ class DriftMonitor:
         self._detectors.clear()
         self._counts.clear()
         self._means.clear()
+        self._latest.clear()
+        self._since_fleet = 0
 
     def _observe(self, key: str, error: float) -> bool:
         detector = self._detectors.get(key)
@@ -83,8 +101,17 @@ class DriftMonitor:
         events = []
         if self._observe(sensor_id, error):
             events.append(self._event("sensor", sensor_id, ts))
-        if self.fleet and self._observe(FLEET, error):
-            events.append(self._event("fleet", None, ts))
+        if not self.fleet:
+            return events
+        self._latest[sensor_id] = (ts, error)
+        self._since_fleet += 1
+        if self._since_fleet >= len(self._latest):
+            self._since_fleet = 0
+            fresh = [e for t, e in self._latest.values() if ts - t <= self.fleet_max_age_s]
+            if len(fresh) < len(self._latest):
+                self._latest = {s: v for s, v in self._latest.items() if ts - v[0] <= self.fleet_max_age_s}
+            if self._observe(FLEET, statistics.median(fresh)):
+                events.append(self._event("fleet", None, ts))
         return events
 
     def _event(self, scope: Literal["sensor", "fleet"], sensor_id: str | None, ts: float) -> DriftEvent:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,44 @@ class FileSource:
 
     def lag(self) -> dict[TopicPartitionKey, int]:
         return {(self.topic, 0): len(self._records) - self._position}
+
+    def close(self) -> None:
+        pass
+
+
+class PacedSource:
+    """In-memory records released at ``rate`` records per second of wall time (one partition).
+
+    Stands in for a live topic in the demo and the drift benchmark: the stream arrives at a known pace
+    while retraining and hot-swaps happen beside it.
+    """
+
+    def __init__(self, records: list[Record], rate: float) -> None:
+        self.records = records
+        self.rate = rate
+        self.position = 0
+        self.started: float | None = None
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        now = time.perf_counter()
+        if self.started is None:
+            self.started = now
+        allowed = min(len(self.records), int((now - self.started) * self.rate) + 1)
+        if allowed <= self.position:
+            time.sleep(min(timeout_s, 0.01))
+            return []
+        batch = self.records[self.position : min(allowed, self.position + max_records)]
+        self.position += len(batch)
+        return batch
+
+    def commit(self, offsets: dict[TopicPartitionKey, tuple[int, dict[str, Any]]]) -> None:
+        pass
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self.position = offset
+
+    def lag(self) -> dict[TopicPartitionKey, int]:
+        return {("stream", 0): len(self.records) - self.position}
 
     def close(self) -> None:
         pass

@@ -1,0 +1,33 @@
+"""Fleet drift watches the median sensor: an anomaly on one sensor is not fleet drift, a regime change is."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.drift import DriftMonitor
+
+
+def stream(monitor: DriftMonitor, errors: np.ndarray) -> list:  # errors [time, sensors]
+    events = []
+    for t, row in enumerate(errors):
+        for s, error in enumerate(row):
+            events += monitor.update(f"s{s}", float(t), float(error))
+    return events
+
+
+def test_an_anomaly_on_one_sensor_is_not_fleet_drift() -> None:
+    rng = np.random.default_rng(0)
+    errors = rng.gamma(4.0, 0.025, size=(3000, 4))
+    errors[1000:1120, 2] *= 40  # a two-minute anomaly on one sensor
+    events = stream(DriftMonitor("adwin"), errors)
+    assert any(e.scope == "sensor" and e.sensor_id == "s2" for e in events)
+    assert not [e for e in events if e.scope == "fleet"]
+
+
+def test_a_new_operating_point_on_every_sensor_is_fleet_drift_soon_after() -> None:
+    rng = np.random.default_rng(1)
+    errors = rng.gamma(4.0, 0.025, size=(3000, 4))
+    errors[2000:] *= 3  # every sensor's error rises at t = 2000
+    fleet = [e for e in stream(DriftMonitor("adwin"), errors) if e.scope == "fleet"]
+    assert fleet
+    assert 2000 <= fleet[0].ts < 2100
