@@ -168,8 +168,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def test_report_loads_in_headless_chromium(logs: Path, tmp_path: Path) -> None:
     if CHROMIUM is None:
-        if os.environ.get("DRIFTLINE_REQUIRE_CHROMIUM"):
-            pytest.fail("chromium is required here (DRIFTLINE_REQUIRE_CHROMIUM) but not installed")
+        if os.environ.get("CI_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is required here (CI_REQUIRE_CHROMIUM) but not installed")
         pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
     report = build_report(logs / "error_log", logs / "registry", tmp_path / "report")
     shot = tmp_path / "shot.png"
