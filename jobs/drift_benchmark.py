@@ -33,7 +33,7 @@ from pipeline.config import load_config
 from pipeline.messages import encode_readings
 from pipeline.producer import batch_messages
 from pipeline.service import build_loop
-from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
+from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet, simulate_sensor
 from pipeline.sinks import DeadLetterFile
 from pipeline.sources import PacedSource, Record
 
@@ -44,6 +44,7 @@ POLICIES = ("never", "recent", "recent+replay")
 
 @dataclass
 class PolicyResult:
+    seed: int
     policy: str
     scenario: str
     detection_delay_s: float | None
@@ -96,7 +97,28 @@ def _window_labels(fleet: pd.DataFrame, log_frame: pd.DataFrame) -> np.ndarray:
     return labels.loc[keys].to_numpy()
 
 
-def _regime_f1(detector: AnomalyDetector, fleet: pd.DataFrame, channels: list[str], start: int, stop: int) -> float:
+def held_out_old_regime(scenario: DriftScenario, sensors: int = 8, rows: int = 2400) -> pd.DataFrame:
+    """The forgetting test set: unseen units of the same machine design, old regime only, many anomalies.
+
+    Same ``seed`` as the scenario, so the same design and operating point; sensor indices 100+ give
+    other units, noise and anomalies (8 x 8 = 64 labelled episodes instead of the ~6 the stream's
+    old-regime stretch holds), so the old-regime F1 before and after retraining is not decided by a
+    handful of episodes.
+    """
+    spec = FleetSpec(
+        sensors=sensors,
+        rows=rows,
+        anomalies_per_sensor=8,
+        normal_prefix_rows=60,
+        seed=scenario.seed,
+        sensor_prefix="held-out",
+    )
+    return pd.concat([simulate_sensor(spec, 100 + i) for i in range(sensors)], ignore_index=True)
+
+
+def _regime_f1(
+    detector: AnomalyDetector, fleet: pd.DataFrame, channels: list[str], start: int = 0, stop: int | None = None
+) -> float:
     truth, flags = [], []
     for _, group in fleet.groupby("sensor_id"):
         part = group.iloc[start:stop]
@@ -221,7 +243,9 @@ def run_policy(
     keys = list(zip(frame["sensor_id"], frame["window_end"], strict=True))
     expected = sum(max(0, len(g) - 29) for _, g in fleet.groupby("sensor_id"))
     final = registry.load().detector
+    held_out = held_out_old_regime(scenario)
     return PolicyResult(
+        seed=scenario.seed,
         policy=policy,
         scenario=scenario.name,
         detection_delay_s=(state["detected_ts"] - drift_ts) if state["detected_ts"] is not None else None,
@@ -231,8 +255,8 @@ def run_policy(
         post_drift_f1_before_swap=f1(post_old),
         post_drift_far_after_swap=far(post_new),
         post_drift_f1_after_swap=f1(post_new),
-        old_regime_f1_before=_regime_f1(initial, fleet, channels, scenario.train_rows, spec.drift.at_row),
-        old_regime_f1_after=_regime_f1(final, fleet, channels, scenario.train_rows, spec.drift.at_row),
+        old_regime_f1_before=_regime_f1(initial, held_out, channels),
+        old_regime_f1_after=_regime_f1(final, held_out, channels),
         swap_pause_ms=loop.stats.swap_pause_ms,
         lost_windows=max(0, expected - len(set(keys))),
         duplicate_windows=len(keys) - len(set(keys)),
@@ -265,7 +289,7 @@ def format_results(results: list[PolicyResult]) -> str:
     for r in results:
         rows.append(
             (
-                r.scenario,
+                f"{r.scenario}/{r.seed}",
                 r.policy,
                 cell(r.detection_delay_s, ".0f"),
                 cell(r.false_drift_alarms_per_1e5, ".0f"),
@@ -285,6 +309,7 @@ def format_results(results: list[PolicyResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += ["", *summary_table(results)]
     lines.append(
         "targets: FAR ratio <= 1.5 after the swap; old-regime F1 drop < 5 % with replay; "
         "swap pause < 100 ms on CPU; zero lost or duplicated windows"
@@ -292,27 +317,68 @@ def format_results(results: list[PolicyResult]) -> str:
     return "\n".join(lines)
 
 
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{np.mean(values):.2f} ({min(values):.2f}..{max(values):.2f})"
+
+
+def summary_table(results: list[PolicyResult]) -> list[str]:
+    """Per scenario and policy, over seeds: mean (min..max) of the judged figures."""
+    lines = [
+        f"{'scenario':9s} {'policy':14s} {'seeds':>5s}  {'FAR ratio after swap':24s} {'old-regime F1 drop %':24s} "
+        f"{'F1 post-drift after swap':24s} {'max pause ms':>12s}"
+    ]
+    keys = sorted({(r.scenario, r.policy) for r in results}, key=lambda k: (k[0], POLICIES.index(k[1])))
+    for scenario, policy in keys:
+        group = [r for r in results if (r.scenario, r.policy) == (scenario, policy)]
+        ratios = [r.far_ratio_after_swap for r in group if r.far_ratio_after_swap is not None]
+        drops = [100 * r.old_regime_f1_drop_rel for r in group] if policy != "never" else []
+        f1s = [r.post_drift_f1_after_swap for r in group if r.post_drift_f1_after_swap is not None]
+        pauses = [r.swap_pause_ms for r in group if r.swap_pause_ms is not None]
+        lines.append(
+            f"{scenario:9s} {policy:14s} {len(group):5d}  {_spread(ratios):24s} {_spread(drops):24s} "
+            f"{_spread(f1s):24s} {max(pauses) if pauses else float('nan'):12.1f}"
+        )
+    return lines
+
+
 def run_benchmark(
-    policies: tuple[str, ...] = POLICIES, scenarios: tuple[DriftScenario, ...] = SCENARIOS, on_result: Any = None
+    policies: tuple[str, ...] = POLICIES,
+    scenarios: tuple[DriftScenario, ...] = SCENARIOS,
+    on_result: Any = None,
+    seeds: tuple[int, ...] = (21,),
 ) -> list[PolicyResult]:
     results = []
-    for scenario in scenarios:
-        for policy in policies:
-            result = run_policy(scenario, policy)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+    for seed in seeds:
+        for scenario in scenarios:
+            for policy in policies:
+                result = run_policy(replace(scenario, seed=seed), policy)
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
     return results
 
 
 def headline(results: list[PolicyResult]) -> dict[str, float | int | None]:
-    """The replay policy's figures (the product's default), worst case over scenarios."""
+    """The replay policy's figures (the product's default): mean over seeds, worst scenario."""
     replay = [r for r in results if r.policy == "recent+replay"]
-    ratios = [r.far_ratio_after_swap for r in replay if r.far_ratio_after_swap is not None]
     pauses = [r.swap_pause_ms for r in replay if r.swap_pause_ms is not None]
+
+    def worst_mean(value: Any) -> float | None:
+        means = []
+        for scenario in sorted({r.scenario for r in replay}):
+            values = [value(r) for r in replay if r.scenario == scenario and value(r) is not None]
+            if values:
+                means.append(float(np.mean(values)))
+        return max(means) if means else None
+
+    ratio = worst_mean(lambda r: r.far_ratio_after_swap)
+    drop = worst_mean(lambda r: r.old_regime_f1_drop_rel)
     return {
-        "far_ratio_after_swap": round(max(ratios), 3) if ratios else None,
-        "old_regime_f1_drop_rel": round(max(r.old_regime_f1_drop_rel for r in replay), 4) if replay else None,
+        "far_ratio_after_swap": round(ratio, 3) if ratio is not None else None,
+        "old_regime_f1_drop_rel": round(drop, 4) if drop is not None else None,
+        "seeds": len({r.seed for r in results}),
         "swap_pause_ms": round(max(pauses), 2) if pauses else None,
         "lost_windows": sum(r.lost_windows for r in results),
         "duplicate_windows": sum(r.duplicate_windows for r in results),

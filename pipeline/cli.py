@@ -452,8 +452,14 @@ def scheduler(app: _AppContext) -> None:
     type=click.Choice(["abrupt", "gradual"]),
     help="Drift scenarios (default: both).",
 )
+@click.option(
+    "--seeds",
+    default="21",
+    show_default=True,
+    help="Comma-separated fleet seeds; figures are reported per seed and as mean (min..max).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
-def benchmark_drift(policies: tuple[str, ...], scenarios: tuple[str, ...], as_json: bool) -> None:
+def benchmark_drift(policies: tuple[str, ...], scenarios: tuple[str, ...], seeds: str, as_json: bool) -> None:
     """Drift scenario: detection delay, FAR/F1 before and after the hot-swap, forgetting, swap pause."""
     from tqdm.auto import tqdm
 
@@ -461,8 +467,12 @@ def benchmark_drift(policies: tuple[str, ...], scenarios: tuple[str, ...], as_js
 
     chosen = tuple(s for s in SCENARIOS if not scenarios or s.name in scenarios)
     policies = policies or POLICIES
-    with tqdm(total=len(chosen) * len(policies), desc="drift scenarios", unit="run") as progress:
-        results = run_benchmark(policies, chosen, on_result=lambda _: progress.update(1))
+    try:
+        seed_list = tuple(int(seed) for seed in seeds.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
+    with tqdm(total=len(seed_list) * len(chosen) * len(policies), desc="drift scenarios", unit="run") as progress:
+        results = run_benchmark(policies, chosen, on_result=lambda _: progress.update(1), seeds=seed_list)
     click.echo(format_results(results))
     if as_json:
         click.echo(json.dumps(headline(results)))
