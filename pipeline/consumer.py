@@ -215,6 +215,8 @@ class ScoringLoop:
             self.watcher.start()
         try:
             while not self._stop:
+                if self._failed:
+                    raise RuntimeError("the scorer failed (see the error above); stopping without committing")
                 if self.before_batch is not None:
                     self.before_batch(self)
                 records = source.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
@@ -327,24 +329,32 @@ class ScoringLoop:
             fn(*args)
             return
         while len(self._inflight) >= self.settings.max_inflight_batches:
-            self._inflight.popleft().result()  # back-pressure; re-raises a scorer failure here
+            self._result(self._inflight.popleft())  # back-pressure
         self._inflight.append(self._worker.submit(fn, *args))
+
+    def _result(self, future: Future[Any]) -> Any:
+        """The scorer's result; its failure is re-raised here and stops all further commits."""
+        try:
+            return future.result()
+        except BaseException:
+            self._failed = True
+            raise
 
     def _harvest(self) -> None:
         """Collect finished scorer work; a failure there is raised on the consumer thread."""
         while self._inflight and self._inflight[0].done():
-            self._inflight.popleft().result()
+            self._result(self._inflight.popleft())
 
     def _wait_for_scorer(self) -> None:
         """Wait until the scorer has finished every batch and swap handed to it."""
         while self._inflight:
-            self._inflight.popleft().result()
+            self._result(self._inflight.popleft())
 
     def _drain(self) -> None:
         """Wait for every batch and checkpoint handed to the scorer (their snapshots are superseded)."""
         self._wait_for_scorer()
         while self._checkpoints:
-            self._checkpoints.popleft().result()
+            self._result(self._checkpoints.popleft())
 
     # -- durability and commits ------------------------------------------------------------------
     def _dead_letter(self, record: Record, reason: str) -> None:
@@ -410,7 +420,7 @@ class ScoringLoop:
     def _commit_completed(self) -> None:
         latest: CommitOffsets | None = None
         while self._checkpoints and self._checkpoints[0].done():
-            latest = self._checkpoints.popleft().result()
+            latest = self._result(self._checkpoints.popleft())
         if latest is not None:
             self._commit(latest, time.perf_counter())
 
@@ -424,6 +434,8 @@ class ScoringLoop:
 
     def _commit(self, offsets: CommitOffsets, started: float) -> None:
         """Flush dead letters (consumer thread), then commit ``offsets``, whose results are durable."""
+        if self._failed:  # e.g. a scorer failure seen inside a rebalance callback: the next start redoes it
+            raise RuntimeError("the scorer failed earlier; refusing to commit offsets past unwritten windows")
         self.dead_letters.flush()
         if self.source is None or not offsets:
             return
