@@ -116,13 +116,33 @@ def _sensor_figure(sensor: str, frame: pd.DataFrame, drift: pd.DataFrame, out: P
     return _save(figure, out / f"errors_{_file_safe(sensor)}.png")
 
 
+def alarm_episodes(errors: pd.DataFrame) -> pd.DataFrame:
+    """The peak window of each alarm episode (a sensor's run of anomalous windows, gaps up to one window).
+
+    >>> t = pd.to_datetime([0, 1, 2, 50, 51], unit="s", utc=True)
+    >>> frame = pd.DataFrame({"sensor_id": "s", "window_start": t - pd.Timedelta("5s"), "window_end": t,
+    ...                       "error": [1.0, 3.0, 2.0, 5.0, 4.0], "anomaly": True})
+    >>> alarm_episodes(frame)[["error", "windows"]].to_dict("records")
+    [{'error': 5.0, 'windows': 2}, {'error': 3.0, 'windows': 3}]
+    """
+    flagged = errors[errors["anomaly"]].sort_values(["sensor_id", "window_end"])
+    if flagged.empty:
+        return flagged.assign(windows=pd.Series(dtype=int))
+    span = flagged["window_end"] - flagged["window_start"]
+    gap = flagged.groupby("sensor_id")["window_end"].diff()
+    episode = ((gap.isna()) | (gap > span)).cumsum()
+    peaks = flagged.loc[flagged.groupby(episode)["error"].idxmax()]
+    peaks = peaks.assign(windows=flagged.groupby(episode).size().to_numpy())
+    return peaks.sort_values("error", ascending=False)
+
+
 def _top_anomalies_figure(errors: pd.DataFrame, out: Path, top: int) -> Path | None:
     channel_columns = [c for c in errors.columns if c.startswith("error_")]
-    flagged = errors[errors["anomaly"]].nlargest(top, "error") if len(errors) else errors
+    flagged = alarm_episodes(errors).head(top) if len(errors) else errors
     if flagged.empty or not channel_columns:
         return None
     shares = flagged[channel_columns].to_numpy(dtype=float)
-    labels = [f"{r.sensor_id} {r.window_end:%m-%d %H:%M:%S}" for r in flagged.itertuples()]
+    labels = [f"{r.sensor_id} {r.window_end:%m-%d %H:%M:%S} ({r.windows} windows)" for r in flagged.itertuples()]
     figure = Figure(figsize=(11, 0.35 * len(flagged) + 1.5))
     ax = figure.subplots()
     left = np.zeros(len(flagged))
@@ -131,8 +151,8 @@ def _top_anomalies_figure(errors: pd.DataFrame, out: Path, top: int) -> Path | N
         ax.barh(labels, shares[:, i], left=left, color=colours(i % 10), label=column.removeprefix("error_"))
         left += shares[:, i]
     ax.invert_yaxis()
-    ax.set_xlabel("sum of per-channel errors (each bar: how much each channel contributes)")
-    ax.set_title(f"top {len(flagged)} anomalous windows: which channel drives the alarm", fontsize=10)
+    ax.set_xlabel("sum of per-channel errors at the episode's peak window (each colour: one channel's share)")
+    ax.set_title(f"top {len(flagged)} alarm episodes: which channel drives each alarm", fontsize=10)
     ax.legend(fontsize=7, ncol=min(len(channel_columns), 6), loc="lower right")
     return _save(figure, out / "top_anomalies.png")
 
@@ -285,11 +305,13 @@ def build_report(
                     ["at", "trigger", "outcome", "reason", "current_version", "candidate_version", "recent_windows"],
                 )
             )
-    flagged = errors[errors["anomaly"]].nlargest(top, "error") if len(errors) else errors
+    flagged = alarm_episodes(errors).head(top) if len(errors) else errors
     sections.insert(
         0,
-        "<h2>Top anomalous windows</h2>"
-        + _table(flagged, ["sensor_id", "window_start", "window_end", "error", "threshold", "model_version"]),
+        "<h2>Top alarm episodes (peak window of each)</h2>"
+        + _table(
+            flagged, ["sensor_id", "window_start", "window_end", "windows", "error", "threshold", "model_version"]
+        ),
     )
     sections.insert(
         1,
