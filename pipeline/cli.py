@@ -701,7 +701,7 @@ def query(app: _AppContext, sql: str, output_format: str, out_path: Path | None,
 )
 @click.option("--until", default=None, help="ISO time; default: the newest window.")
 @click.option("--sensor", "sensors", multiple=True, help="Only these sensors (repeatable).")
-@click.option("--top", type=int, default=10, show_default=True, help="Anomalous windows to break down by channel.")
+@click.option("--top", type=int, default=10, show_default=True, help="Alarm episodes to break down by channel.")
 @click.option(
     "--out",
     "out_dir",
