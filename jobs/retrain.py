@@ -195,17 +195,8 @@ def fine_tune_and_gate(
     tolerance: float = 0.05,
     replay_tolerance: float = 0.5,
     min_windows: int = 200,
-    trim_fraction: float = 0.1,
 ) -> tuple[AnomalyDetector | None, dict[str, Any]]:
-    """The pure core of the job: returns (candidate if it passed the gate else None, metrics and reason).
-
-    **Trimmed two-pass fine-tuning.** After a regime change the old model flags nearly every recent
-    window, so the error log cannot tell the anomalies in the recent data from the drift. A first
-    candidate is fine-tuned on everything; the ``trim_fraction`` of recent windows it reconstructs worst
-    (mostly anomalies: the new regime itself is what it just learned) are dropped, and the final
-    candidate is fine-tuned again from the current weights on the rest. The same trim is applied to the
-    recent windows the threshold is calibrated on, so anomalies do not lift the threshold.
-    """
+    """The pure core of the job: returns (candidate if it passed the gate else None, metrics and reason)."""
     n = len(recent)
     if n < min_windows:
         return None, {"outcome": "skipped", "reason": f"only {n} recent normal windows (< {min_windows})"}
@@ -215,25 +206,16 @@ def fine_tune_and_gate(
     cut = int(len(replay_windows) * 0.8)
     replay_train, replay_gate = replay_windows[:cut], replay_windows[cut:]
     n_replay = min(len(replay_train), int(len(recent_train) * replay_fraction))
-    chosen = np.random.default_rng(training.seed).choice(len(replay_train), n_replay, replace=False)
-    replay_part = replay_train[np.sort(chosen)]  # may be empty (no replay, or replay_fraction 0)
-    train_set = np.concatenate([recent_train, replay_part])
+    if n_replay:
+        chosen = np.random.default_rng(training.seed).choice(len(replay_train), n_replay, replace=False)
+        train_set = np.concatenate([recent_train, replay_train[np.sort(chosen)]])
+    else:
+        train_set = recent_train
 
-    scale = current.scaler.transform
-
-    def fine_tuned(windows: np.ndarray, validation: np.ndarray) -> AnomalyDetector:
-        model = copy.deepcopy(current)
-        model.model.cpu()
-        model.training = train_autoencoder(model.model, scale(windows), training, val_windows=scale(validation))
-        return model
-
-    candidate = fine_tuned(train_set, recent_val)
-    if trim_fraction > 0:
-        keep_train = _below_quantile(candidate, recent_train, 1 - trim_fraction)
-        keep_val = _below_quantile(candidate, recent_val, 1 - trim_fraction)
-        recent_train, recent_val = recent_train[keep_train], recent_val[keep_val]
-        train_set = np.concatenate([recent_train, replay_part])
-        candidate = fine_tuned(train_set, recent_val)
+    candidate = copy.deepcopy(current)
+    candidate.model.cpu()
+    scale = candidate.scaler.transform
+    candidate.training = train_autoencoder(candidate.model, scale(train_set), training, val_windows=scale(recent_val))
     metrics: dict[str, Any] = {
         "current_recent_error": _mean_error(current, recent_gate),
         "candidate_recent_error": _mean_error(candidate, recent_gate),
@@ -253,8 +235,6 @@ def fine_tune_and_gate(
         return None, metrics
     assert current.threshold is not None
     params = {k: v for k, v in current.threshold.params.items() if k in ("q", "k", "risk", "initial_quantile")}
-    if trim_fraction > 0:
-        recent_gate = recent_gate[_below_quantile(candidate, recent_gate, 1 - trim_fraction)]
     calibration = (
         np.concatenate([recent_val, recent_gate, replay_gate])
         if len(replay_gate)
@@ -265,14 +245,6 @@ def fine_tune_and_gate(
     candidate.threshold = make_rule(current.threshold.rule, **params).fit(errors).with_margin(margin)
     metrics |= {"outcome": "promoted", "reason": "no worse on recent and replay slices"}
     return candidate, metrics
-
-
-def _below_quantile(detector: AnomalyDetector, windows: np.ndarray, q: float) -> np.ndarray:
-    """Mask of ``windows`` whose reconstruction error under ``detector`` is at or below its ``q`` quantile."""
-    if len(windows) == 0:
-        return np.ones(0, dtype=bool)
-    errors = reconstruction_errors(detector.model, detector.scaler.transform(windows)).error
-    return errors <= np.quantile(errors, q)
 
 
 def record_decision(error_log_dir: Path, decision: RetrainDecision) -> Path:
@@ -324,7 +296,6 @@ def retrain_once(
         tolerance=settings.tolerance,
         replay_tolerance=settings.replay_tolerance,
         min_windows=settings.min_windows,
-        trim_fraction=settings.trim_fraction,
     )
     candidate_version = None
     if candidate is not None:

@@ -174,12 +174,6 @@ class RetrainSettings(_Section):
         0.5, ge=0, description="Forgetting guard: relative rise of error allowed on held-out replay windows."
     )
     min_windows: int = Field(200, ge=1, description="Skip the run with fewer recent normal windows.")
-    trim_fraction: float = Field(
-        0.1,
-        ge=0,
-        lt=1,
-        description="Recent windows worst reconstructed by a first fine-tune, dropped before the second.",
-    )
     interval_minutes: float | None = Field(60.0, gt=0, description="Run every N minutes (None: off).")
     cron: str | None = Field(None, description="Crontab schedule instead of the interval, e.g. '0 */4 * * *'.")
     on_drift: bool = Field(True, description="Also run when drift events arrive on kafka.events_topic.")
