@@ -49,25 +49,35 @@ class Report:
 
 
 def _load(error_log_dir: Path, since: datetime | None, until: datetime | None, sensors: list[str] | None):  # type: ignore[no-untyped-def]
-    clauses, params = [], []
-    if since is not None:
-        clauses.append("window_end >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("window_end <= ?")
-        params.append(until)
+    error_clauses, error_params = _time_range("window_end", since, until)
     if sensors:
-        clauses.append(f"sensor_id IN ({', '.join('?' for _ in sensors)})")
-        params.extend(sensors)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        error_clauses.append(f"sensor_id IN ({', '.join('?' for _ in sensors)})")
+        error_params.extend(sensors)
+    event_clauses, event_params = _time_range("ts", since, until)  # fleet events concern every sensor
     with connect(error_log_dir) as connection:
-        errors = connection.execute(f"SELECT * FROM errors {where} ORDER BY window_end", params).df()
-        event_clauses = [c.replace("window_end", "ts") for c in clauses if not c.startswith("sensor_id")]
-        event_params = [p for p in params if isinstance(p, datetime)]
-        event_where = f"WHERE {' AND '.join(event_clauses)}" if event_clauses else ""
-        drift = connection.execute(f"SELECT * FROM drift_events {event_where} ORDER BY ts", event_params).df()
+        errors = connection.execute(
+            f"SELECT * FROM errors {_where(error_clauses)} ORDER BY window_end", error_params
+        ).df()
+        drift = connection.execute(f"SELECT * FROM drift_events {_where(event_clauses)} ORDER BY ts", event_params).df()
         retraining = connection.execute("SELECT * FROM retraining ORDER BY decided_at").df()
     return errors, drift, retraining
+
+
+def _time_range(column: str, since: datetime | None, until: datetime | None) -> tuple[list[str], list[object]]:
+    """SQL conditions (with ``?`` placeholders) and their parameters for ``since <= column <= until``."""
+    clauses: list[str] = []
+    params: list[object] = []
+    if since is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append(f"{column} <= ?")
+        params.append(until)
+    return clauses, params
+
+
+def _where(clauses: list[str]) -> str:
+    return f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
 def _save(figure: Figure, path: Path) -> Path:
