@@ -182,7 +182,7 @@ def normal_windows(
 def _mean_error(detector: AnomalyDetector, windows: np.ndarray) -> float | None:
     if len(windows) == 0:
         return None
-    return float(reconstruction_errors(detector.model, detector.scaler.transform(windows)).error.mean())
+    return float(reconstruction_errors(detector.model, detector.scaler.transform_windows(windows)).error.mean())
 
 
 def fine_tune_and_gate(
@@ -214,7 +214,7 @@ def fine_tune_and_gate(
 
     candidate = copy.deepcopy(current)
     candidate.model.cpu()
-    scale = candidate.scaler.transform
+    scale = candidate.scaler.transform_windows
     candidate.training = train_autoencoder(candidate.model, scale(train_set), training, val_windows=scale(recent_val))
     metrics: dict[str, Any] = {
         "current_recent_error": _mean_error(current, recent_gate),

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
-from models.preprocessing import StandardScaler, finite_windows, sliding_windows, window_end_rows
+from models.preprocessing import StandardScaler, finite_windows, window_end_rows
 from models.scoring import WindowScores, reconstruction_errors
 from models.threshold import AlarmFilter, QuantileRule, Threshold, ThresholdRule
 from models.training import TrainingConfig, TrainingResult, resolve_device, split_in_time, train_autoencoder
@@ -37,7 +37,7 @@ def _train_val_windows(
     """Finite windows of every segment, each split in time; concatenated train and validation parts."""
     train_parts, val_parts = [], []
     for segment in segments:
-        windows = sliding_windows(scaler.transform(segment), window)
+        windows = scaler.scaled_windows(segment, window)
         windows = windows[finite_windows(windows)]
         if len(windows) == 0:
             continue
@@ -47,6 +47,21 @@ def _train_val_windows(
     if not train_parts:
         raise ValueError(f"no segment has a full finite window of {window} readings to train on")
     return np.concatenate(train_parts), np.concatenate(val_parts)
+
+
+def _channel_indices(selected: Sequence[str | int], channels: Sequence[str] | None, n_channels: int) -> tuple[int, ...]:
+    """Indices of ``selected`` channels given by name (looked up in ``channels``) or by index."""
+    indices = []
+    for channel in selected:
+        if isinstance(channel, str):
+            if channels is None or channel not in channels:
+                raise ValueError(f"relative channel {channel!r} is not one of the channels {list(channels or [])}")
+            indices.append(list(channels).index(channel))
+        elif 0 <= int(channel) < n_channels:
+            indices.append(int(channel))
+        else:
+            raise ValueError(f"relative channel index {channel} is out of range for {n_channels} channels")
+    return tuple(indices)
 
 
 class ThresholdNotSetError(RuntimeError):
@@ -128,6 +143,7 @@ class AnomalyDetector:
         threshold_margin: float = 1.0,
         alarm: AlarmFilter = AlarmFilter(),
         channels: tuple[str, ...] | None = None,
+        relative_channels: Sequence[str | int] = (),
     ) -> AnomalyDetector:
         """Train on normal ``readings`` ``[time, channels]``; calibrate ``rule`` on held-out windows.
 
@@ -136,9 +152,12 @@ class AnomalyDetector:
 
         The calibrated threshold is multiplied by ``threshold_margin`` (>1 trades misses for fewer
         false alarms when normal operation outside the training period varies more than inside it).
+        ``relative_channels`` (names from ``channels`` or indices) enter the model relative to each
+        window's mean (see :mod:`models.preprocessing`): for slow channels such as temperatures.
         """
         segments = [readings] if isinstance(readings, np.ndarray) else list(readings)
-        scaler = StandardScaler.fit(np.concatenate(segments))
+        relative = _channel_indices(relative_channels, channels, segments[0].shape[1])
+        scaler = StandardScaler.fit(np.concatenate(segments), relative)
         train, val = _train_val_windows(segments, scaler, window, training.val_fraction)
         config = LSTMAEConfig(segments[0].shape[1], window, hidden_size, num_layers, latent_size, dropout)
         torch.manual_seed(training.seed)  # the initial weights too, not only the batch order
@@ -168,7 +187,7 @@ class AnomalyDetector:
 
     def score(self, readings: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, WindowScores]:
         """Window end rows ``[n]`` and scores of every window of ``readings``; NaN where rejected."""
-        windows = sliding_windows(self.scaler.transform(readings), self.window)
+        windows = self.scaler.scaled_windows(readings, self.window)
         ends = window_end_rows(len(readings), self.window)
         ok = finite_windows(windows)
         scored = reconstruction_errors(self.model, windows[ok], batch_size)

@@ -1,5 +1,11 @@
 """Per-channel scaling and window building, the exact preprocessing stored with each model.
 
+Relative channels: a channel listed in ``StandardScaler.relative`` enters the model as its shape
+within each window (the window's own mean subtracted after scaling), not as its absolute level. Use it
+for slow channels whose level depends on the run's history rather than on the machine's state now,
+such as temperatures with thermal inertia: the model then sees how they move, and an offset that
+outlasts its cause (a pump still warm after an incident) raises no alarm.
+
 Non-finite policy: a window holding any NaN or +/-inf reading is *rejected* (never imputed into the
 model, never trained on); callers get its index and the reason so that it can be dead-lettered.
 
@@ -9,6 +15,9 @@ model, never trained on); callers get its index and the reason so that it can be
 [[0.0, 0.0]]
 >>> sliding_windows(np.arange(10.0).reshape(5, 2), length=3, stride=2).shape
 (2, 3, 2)
+>>> relative = StandardScaler((0.0, 0.0), (1.0, 1.0), relative=(1,))
+>>> relative.transform_windows(np.array([[[5.0, 20.0], [7.0, 22.0]]]))[0].tolist()
+[[5.0, -1.0], [7.0, 1.0]]
 """
 
 from __future__ import annotations
@@ -28,9 +37,14 @@ class StandardScaler:
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    relative: tuple[int, ...] = ()  # channel indices scored relative to their window mean
+
+    def __post_init__(self) -> None:
+        if any(not 0 <= i < len(self.mean) for i in self.relative) or len(set(self.relative)) != len(self.relative):
+            raise ValueError(f"relative channels {self.relative} must be distinct indices below {len(self.mean)}")
 
     @classmethod
-    def fit(cls, readings: np.ndarray) -> StandardScaler:
+    def fit(cls, readings: np.ndarray, relative: tuple[int, ...] = ()) -> StandardScaler:
         """Fit on ``readings`` ``[time, channels]``; rows with non-finite values are ignored."""
         if readings.ndim != 2:
             raise ValueError(f"expected [time, channels], got shape {readings.shape}")
@@ -39,7 +53,7 @@ class StandardScaler:
             raise ValueError("need at least two finite rows to fit a scaler")
         std = finite_rows.std(axis=0)
         std = np.where(std < MIN_STD, 1.0, std)
-        return cls(tuple(finite_rows.mean(axis=0).tolist()), tuple(std.tolist()))
+        return cls(tuple(finite_rows.mean(axis=0).tolist()), tuple(std.tolist()), tuple(relative))
 
     @property
     def n_channels(self) -> int:
@@ -53,15 +67,29 @@ class StandardScaler:
         std = np.asarray(self.std, dtype=np.float64)
         return ((readings - mean) / std).astype(np.float32)
 
+    def transform_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Scale ``windows`` ``[n, window, channels]`` and centre the relative channels in each window."""
+        scaled = self.transform(windows)
+        if self.relative:
+            index = list(self.relative)
+            scaled[..., index] -= scaled[..., index].mean(axis=-2, keepdims=True)
+        return scaled
+
+    def scaled_windows(self, readings: np.ndarray, length: int) -> np.ndarray:
+        """Windows of ``readings`` ``[time, channels]`` as the model sees them (a view without relative channels)."""
+        if not self.relative:
+            return sliding_windows(self.transform(readings), length)
+        return self.transform_windows(sliding_windows(readings, length))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": list(self.mean), "std": list(self.std)}
+        return {"mean": list(self.mean), "std": list(self.std), "relative": list(self.relative)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StandardScaler:
         mean, std = tuple(float(v) for v in values["mean"]), tuple(float(v) for v in values["std"])
         if len(mean) != len(std) or any(s <= 0 or not np.isfinite(s) for s in std):
             raise ValueError("scaler needs as many positive finite stds as means")
-        return cls(mean, std)
+        return cls(mean, std, tuple(int(i) for i in values.get("relative", ())))
 
 
 def sliding_windows(readings: np.ndarray, length: int, stride: int = 1) -> np.ndarray:

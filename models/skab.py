@@ -75,6 +75,9 @@ class SkabParams:
     threshold_margin: float = 2.0
     alarm_k: int = 1
     alarm_n: int = 1
+    # Thermal channels carry the run's history (heat-up, inertia after an incident), not the state now:
+    # the model sees their movement within each window, not their level.
+    relative_channels: tuple[str, ...] = ("Temperature", "Thermocouple")
     training: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(epochs=60, batch_size=32, patience=10, progress=False)
     )
@@ -123,6 +126,7 @@ def run_experiment(experiment: Experiment, params: SkabParams) -> ExperimentResu
         threshold_margin=params.threshold_margin,
         alarm=AlarmFilter(params.alarm_k, params.alarm_n),
         channels=CHANNELS,
+        relative_channels=params.relative_channels,
     )
     detection = detector.predict(readings)
     flags = pd.Series(detection.row_flags(len(readings)), index=experiment.frame.index)

@@ -109,6 +109,10 @@ class ModelSettings(_Section):
     threshold_margin: float = Field(1.0, gt=0.0, description="Multiplier on the calibrated threshold.")
     alarm_k: int = Field(1, ge=1, description="Alarm when alarm_k of the last alarm_n windows exceed.")
     alarm_n: int = Field(1, ge=1)
+    relative_channels: list[str] = Field(
+        default_factory=list,
+        description="Slow channels (temperatures...) the model sees relative to each window's mean, not by level.",
+    )
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     watch_interval_s: float = Field(1.0, gt=0, description="How often the scorer checks the registry for a new model.")
 
@@ -125,6 +129,7 @@ class ModelSettings(_Section):
             "rule": make_rule(self.threshold_rule, **self.threshold_params),
             "threshold_margin": self.threshold_margin,
             "alarm": AlarmFilter(self.alarm_k, self.alarm_n),
+            "relative_channels": tuple(self.relative_channels),
         }
 
 

@@ -75,7 +75,7 @@ class WindowScorer:
                 self.model_version,
             )
         stacked = np.stack([w.values for w in windows])  # [n, window, channels]
-        scores = reconstruction_errors(detector.model, detector.scaler.transform(stacked), self.batch_size)
+        scores = reconstruction_errors(detector.model, detector.scaler.transform_windows(stacked), self.batch_size)
         exceeded = scores.error > detector.threshold.value
         anomaly = np.empty(len(windows), dtype=bool)
         k, n = detector.alarm.k, detector.alarm.n

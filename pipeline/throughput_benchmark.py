@@ -231,9 +231,7 @@ def run_throughput(
     consumer.close()
 
     # (b) model-only, micro-batches of the loop's batch size (one window per reading)
-    windows = np.lib.stride_tricks.sliding_window_view(
-        detector.scaler.transform(fleet[channels].to_numpy()), settings.window, axis=0
-    ).transpose(0, 2, 1)
+    windows = detector.scaler.scaled_windows(fleet[channels].to_numpy(), settings.window)
     batch_size = config.kafka.max_poll_records
     sample = windows[: max(batch_size * 20, 20_000)]
     reconstruction_errors(detector.model, sample[:batch_size], batch_size)  # warm-up

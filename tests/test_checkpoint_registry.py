@@ -33,6 +33,7 @@ def detector() -> AnomalyDetector:
         hidden_size=8,
         latent_size=2,
         channels=("flow", "pressure", "current"),
+        relative_channels=("current",),
         training=TrainingConfig(epochs=2, progress=False),
     )
 
@@ -44,6 +45,7 @@ def test_round_trip_keeps_scores_and_everything_needed_to_serve(detector: Anomal
     restored = loaded.detector
     assert restored.channels == ("flow", "pressure", "current")
     assert restored.scaler == detector.scaler
+    assert restored.scaler.relative == (2,)
     assert restored.threshold == detector.threshold
     np.testing.assert_allclose(restored.score(readings)[1].error, detector.score(readings)[1].error, rtol=1e-6)
     assert loaded.metadata["data_fingerprint"]["rows"] == 60

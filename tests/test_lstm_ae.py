@@ -145,3 +145,25 @@ def test_fit_is_reproducible_for_a_seed() -> None:
         for _ in range(2)
     ]
     assert fits[0].threshold == fits[1].threshold
+
+
+def test_a_relative_channel_ignores_a_lasting_level_but_not_its_movement() -> None:
+    normal = multichannel_signal(1500)
+    options = dict(window=25, hidden_size=32, latent_size=8, training=FAST, rule=QuantileRule(0.995))
+    channels = ("flow", "pressure", "temperature")
+    absolute = AnomalyDetector.fit(normal, channels=channels, **options)
+    relative = AnomalyDetector.fit(normal, channels=channels, relative_channels=("temperature",), **options)
+    warm = multichannel_signal(600, seed=1)
+    warm[300:, 2] += 3.0  # still warm long after its cause is gone
+    assert absolute.predict(warm).row_flags(600)[340:].mean() > 0.8
+    assert relative.predict(warm).row_flags(600)[340:].mean() < 0.05, "a level alone is not an anomaly"
+    shaking = multichannel_signal(600, seed=1)
+    shaking[300:360, 2] += 3.0 * np.sign(np.sin(np.arange(60)))  # the channel itself misbehaves
+    assert relative.predict(shaking).row_flags(600)[305:360].mean() > 0.8
+
+
+def test_relative_channels_must_name_known_channels() -> None:
+    with pytest.raises(ValueError, match="'temp' is not one of the channels"):
+        AnomalyDetector.fit(multichannel_signal(300), window=10, channels=("a", "b", "c"), relative_channels=("temp",))
+    with pytest.raises(ValueError, match="distinct indices"):
+        StandardScaler((0.0, 0.0), (1.0, 1.0), relative=(2,))

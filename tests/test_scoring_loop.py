@@ -21,7 +21,7 @@ from pipeline.messages import encode_readings
 from pipeline.scorer import WindowScorer
 from pipeline.sinks import DeadLetterFile, ErrorLogSink
 from pipeline.sources import Record, TopicPartitionKey
-from pipeline.windows import WindowAssembler
+from pipeline.windows import Window, WindowAssembler
 
 CHANNELS = ("a", "b")
 WINDOW = 5
@@ -173,3 +173,24 @@ def test_a_failed_commit_is_retried_at_the_next_checkpoint(detector: AnomalyDete
     loop.run(source, idle_timeout_s=0)
     assert failures["left"] == 0
     assert source.commits[-1][("t", 0)][0] == 180
+
+
+def test_streamed_windows_score_as_the_detector_scores_its_readings() -> None:
+    readings = np.random.default_rng(5).normal(size=(200, 2)) + np.array([0.0, 4.0])
+    detector = AnomalyDetector.fit(
+        readings[:150],
+        window=WINDOW,
+        hidden_size=8,
+        latent_size=2,
+        channels=CHANNELS,
+        relative_channels=("b",),
+        training=TrainingConfig(epochs=1, progress=False),
+    )
+    windows = [
+        Window(
+            "s1", float(end - WINDOW + 1), float(end), readings[end - WINDOW + 1 : end + 1], ("t", 0, end), ("t", 0, 0)
+        )
+        for end in range(WINDOW - 1, len(readings))
+    ]
+    streamed = WindowScorer(detector, "v1").score(windows)
+    np.testing.assert_allclose(streamed.error, detector.score(readings)[1].error, rtol=1e-5)
