@@ -134,6 +134,39 @@ def run_experiment(experiment: Experiment, params: SkabParams) -> ExperimentResu
 
 
 @dataclass(frozen=True)
+class MissBreakdown:
+    """Where the missed anomaly points of the current protocol lie, as % of all anomalous test points."""
+
+    before_first_alarm: float  # from a segment's labelled start to its first alarm
+    after_last_alarm: float  # from its last alarm to its labelled end
+    inside: float  # gaps between a segment's first and last alarm
+    missed_segments: float  # segments without a single alarm
+    missed_segment_names: tuple[str, ...]
+
+
+def miss_breakdown(results: list[ExperimentResult], experiments: list[Experiment]) -> MissBreakdown:
+    """Split the missed anomaly points of each labelled segment (test rows only) by where they lie."""
+    before = after = inside = missed = total = 0
+    names = []
+    for result, experiment in zip(results, experiments, strict=True):
+        labels = experiment.frame["anomaly"].to_numpy().astype(bool)[TRAIN_ROWS:]
+        flags = result.flags.to_numpy()[TRAIN_ROWS:]
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], labels.astype(np.int8), [0]])))
+        for start, stop in zip(edges[::2], edges[1::2], strict=True):
+            hits = np.flatnonzero(flags[start:stop])
+            total += stop - start
+            if hits.size == 0:
+                missed += stop - start
+                names.append(experiment.name)
+                continue
+            before += hits[0]
+            after += stop - start - 1 - hits[-1]
+            inside += (hits[-1] - hits[0] + 1) - hits.size
+    share = 100.0 / max(total, 1)
+    return MissBreakdown(before * share, after * share, inside * share, missed * share, tuple(names))
+
+
+@dataclass(frozen=True)
 class SkabReport:
     current: PointMetrics
     current_nab: dict[str, float]
@@ -143,6 +176,7 @@ class SkabReport:
     test_rows: int
     seconds: float
     params: SkabParams
+    misses: MissBreakdown
 
     def headline(self) -> dict[str, float]:
         return {
@@ -156,6 +190,8 @@ class SkabReport:
             "whole_far": round(self.whole.far, 2),
             "whole_mar": round(self.whole.mar, 2),
             "whole_nab_standard": round(self.whole_nab["standard"], 2),
+            "mar_before_first_alarm": round(self.misses.before_first_alarm, 2),
+            "mar_missed_segments": round(self.misses.missed_segments, 2),
             "files": self.files,
             "test_rows": self.test_rows,
             "wall_time_s": round(self.seconds, 1),
@@ -216,6 +252,7 @@ def run_benchmark(
         test_rows=sum(len(e.frame) - TRAIN_ROWS for e in experiments),
         seconds=time.perf_counter() - started,
         params=params,
+        misses=miss_breakdown(results, experiments),
     )
 
 
@@ -261,6 +298,12 @@ def format_report(report: SkabReport) -> str:
         f"NAB {nab['standard']:.2f} / {nab['low_fp']:.2f} / {nab['low_fn']:.2f}",
         "  published (older): Conv-AE F1 0.79 (FAR 13.69, MAR 17.77), LSTM-AE 0.68 (14.24, 35.56); "
         "NAB standard best Isolation forest 37.53",
+        "",
+        "where the misses lie (% of anomalous test points): "
+        f"before a segment's first alarm {report.misses.before_first_alarm:.1f}, "
+        f"after its last {report.misses.after_last_alarm:.1f}, gaps {report.misses.inside:.1f}, "
+        f"segments never alarmed {report.misses.missed_segments:.1f} "
+        f"({', '.join(report.misses.missed_segment_names) or 'none'})",
         "",
         f"target: F1 >= 0.85 with FAR <= 10 % and MAR <= 20 %, NAB standard > 35 -> "
         f"{'met' if meets_target(report) else 'NOT met'}",
