@@ -124,26 +124,11 @@ class ErrorLogSink:
         self.roll_rows = roll_rows
         self.roll_seconds = roll_seconds
         self._pending: list[ScoredWindows] = []
-        self._pending_rows = 0
-        self._oldest_pending = time.monotonic()
-
-    @property
-    def pending_rows(self) -> int:
-        return self._pending_rows
 
     def append(self, batch: ScoredWindows) -> None:
-        if not len(batch):
-            return
-        if not self._pending:
-            self._oldest_pending = time.monotonic()
-        self._pending.append(batch)
-        self._pending_rows += len(batch)
-
-    def due(self) -> bool:
-        """True when the buffer should be written (size or age reached)."""
-        if not self._pending:
-            return False
-        return self._pending_rows >= self.roll_rows or time.monotonic() - self._oldest_pending >= self.roll_seconds
+        """Buffer ``batch``; :meth:`flush` writes it (the scoring loop flushes at each checkpoint)."""
+        if len(batch):
+            self._pending.append(batch)
 
     def _table(self, batches: list[ScoredWindows]) -> pa.Table:
         ingest = pa.scalar(datetime.now(UTC), pa.timestamp("ms", tz="UTC"))
@@ -191,7 +176,6 @@ class ErrorLogSink:
             write_parquet_atomically(part, path)
             written.append(path)
         self._pending.clear()
-        self._pending_rows = 0
         return written
 
     def discard_uncommitted(self, topic: str, partition: int, committed_offset: int) -> list[Path]:

@@ -7,6 +7,7 @@ exactly: same rows as the single-threaded loop, swaps at batch boundaries, commi
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,18 @@ def test_streamed_windows_score_as_the_detector_scores_its_readings() -> None:
     ]
     streamed = WindowScorer(detector, "v1").score(windows)
     np.testing.assert_allclose(streamed.error, detector.score(readings)[1].error, rtol=1e-5)
+
+
+def test_the_loop_checkpoints_every_roll_rows_windows(detector: AnomalyDetector, tmp_path: Path) -> None:
+    loop = make_loop(detector, tmp_path, pipelined=True)
+    loop.error_log = ErrorLogSink(tmp_path, CHANNELS, roll_rows=40, roll_seconds=3600)
+    source = ListSource(records(), batch=16)
+    stats = loop.run(source, idle_timeout_s=0)
+    parts = list((tmp_path / "errors").rglob("*.parquet"))
+    # 168 windows, one per reading once windows are full: a checkpoint (parts, then a commit) only
+    # once >= 40 rows are buffered, and one at the end
+    committed = [commit[("t", 0)][0] for commit in source.commits]
+    assert committed[-1] == 180
+    assert all(later - earlier >= 40 for earlier, later in pairwise(committed[:-1]))
+    assert len(committed) <= stats.windows // 40 + 1
+    assert len(parts) >= len(committed)

@@ -79,17 +79,6 @@ def test_uncommitted_parts_are_discarded_so_a_replay_writes_each_window_once(tmp
     assert not frame.duplicated(["source_partition", "source_offset_end"]).any()
 
 
-def test_roll_by_rows_and_age(tmp_path: Path) -> None:
-    sink = ErrorLogSink(tmp_path, CHANNELS, roll_rows=8, roll_seconds=3600)
-    sink.append(batch(0, list(range(5))))
-    assert not sink.due()
-    sink.append(batch(0, list(range(5, 10))))
-    assert sink.due()
-    aged = ErrorLogSink(tmp_path, CHANNELS, roll_rows=10**6, roll_seconds=0)
-    aged.append(batch(0, [1]))
-    assert aged.due()
-
-
 def test_drift_events_and_dead_letters_are_durable(tmp_path: Path) -> None:
     events = DriftEventSink(tmp_path)
     events.append(
