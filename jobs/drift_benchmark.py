@@ -6,8 +6,9 @@ only, retrain on the recent window plus the replay buffer.
 Everything runs in-process (an in-memory, rate-paced source stands in for the topic), so the figures
 measure the pipeline, not a broker: detection delay, false drift alarms per 10^5 windows before the
 drift, anomaly F1 / false-alarm rate after the drift before and after the swap, old-regime F1 after
-retraining (forgetting), swap pause (time between the last batch on the old model and the first on the
-new one), and lost or duplicated windows.
+retraining (forgetting; also under the initial threshold, which separates what the new weights forgot
+from what the recalibrated threshold moved), swap pause (time between the last batch on the old model
+and the first on the new one), and lost or duplicated windows.
 
 Forgetting is measured on a held-out old-regime fleet (:func:`held_out_old_regime`: unseen units of the
 same machine design, 64 labelled anomalies), not on the stream's few old-regime episodes. With several
@@ -17,6 +18,7 @@ scenario and the worst scenario.
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import threading
@@ -61,6 +63,7 @@ class PolicyResult:
     post_drift_f1_after_swap: float | None
     old_regime_f1_before: float
     old_regime_f1_after: float
+    old_regime_f1_after_weights_only: float  # the retrained weights under the initial threshold
     swap_pause_ms: float | None
     lost_windows: int
     duplicate_windows: int
@@ -77,6 +80,13 @@ class PolicyResult:
         if self.old_regime_f1_before == 0:
             return 0.0
         return (self.old_regime_f1_before - self.old_regime_f1_after) / self.old_regime_f1_before
+
+    @property
+    def old_regime_f1_drop_rel_weights_only(self) -> float:
+        """The drop with the initial threshold kept: what the new weights alone forgot."""
+        if self.old_regime_f1_before == 0:
+            return 0.0
+        return (self.old_regime_f1_before - self.old_regime_f1_after_weights_only) / self.old_regime_f1_before
 
 
 @dataclass(frozen=True)
@@ -248,6 +258,8 @@ def run_policy(
     keys = list(zip(frame["sensor_id"], frame["window_end"], strict=True))
     expected = sum(max(0, len(g) - 29) for _, g in fleet.groupby("sensor_id"))
     final = registry.load().detector
+    weights_only = copy.copy(final)
+    weights_only.threshold = initial.threshold
     held_out = held_out_old_regime(scenario)
     return PolicyResult(
         seed=scenario.seed,
@@ -262,6 +274,7 @@ def run_policy(
         post_drift_f1_after_swap=f1(post_new),
         old_regime_f1_before=_regime_f1(initial, held_out, channels),
         old_regime_f1_after=_regime_f1(final, held_out, channels),
+        old_regime_f1_after_weights_only=_regime_f1(weights_only, held_out, channels),
         swap_pause_ms=loop.stats.swap_pause_ms,
         lost_windows=max(0, expected - len(set(keys))),
         duplicate_windows=len(keys) - len(set(keys)),
@@ -285,6 +298,7 @@ def format_results(results: list[PolicyResult]) -> str:
         "F1 post old",
         "F1 post new",
         "old F1 drop",
+        "weights only",
         "pause ms",
         "lost",
         "dup",
@@ -305,6 +319,7 @@ def format_results(results: list[PolicyResult]) -> str:
                 cell(r.post_drift_f1_before_swap, ".3f"),
                 cell(r.post_drift_f1_after_swap, ".3f"),
                 cell(100 * r.old_regime_f1_drop_rel, ".1f") + " %",
+                cell(100 * r.old_regime_f1_drop_rel_weights_only, ".1f") + " %",
                 cell(r.swap_pause_ms, ".1f"),
                 str(r.lost_windows),
                 str(r.duplicate_windows),
@@ -332,18 +347,19 @@ def summary_table(results: list[PolicyResult]) -> list[str]:
     """Per scenario and policy, over seeds: mean (min..max) of the judged figures."""
     lines = [
         f"{'scenario':9s} {'policy':14s} {'seeds':>5s}  {'FAR ratio after swap':24s} {'old-regime F1 drop %':24s} "
-        f"{'F1 post-drift after swap':24s} {'max pause ms':>12s}"
+        f"{'  with initial threshold':24s} {'F1 post-drift after swap':24s} {'max pause ms':>12s}"
     ]
     keys = sorted({(r.scenario, r.policy) for r in results}, key=lambda k: (k[0], POLICIES.index(k[1])))
     for scenario, policy in keys:
         group = [r for r in results if (r.scenario, r.policy) == (scenario, policy)]
         ratios = [r.far_ratio_after_swap for r in group if r.far_ratio_after_swap is not None]
         drops = [100 * r.old_regime_f1_drop_rel for r in group] if policy != "never" else []
+        weight_drops = [100 * r.old_regime_f1_drop_rel_weights_only for r in group] if policy != "never" else []
         f1s = [r.post_drift_f1_after_swap for r in group if r.post_drift_f1_after_swap is not None]
         pauses = [r.swap_pause_ms for r in group if r.swap_pause_ms is not None]
         lines.append(
             f"{scenario:9s} {policy:14s} {len(group):5d}  {_spread(ratios):24s} {_spread(drops):24s} "
-            f"{_spread(f1s):24s} {max(pauses) if pauses else float('nan'):12.1f}"
+            f"{_spread(weight_drops):24s} {_spread(f1s):24s} {max(pauses) if pauses else float('nan'):12.1f}"
         )
     return lines
 
@@ -380,9 +396,11 @@ def headline(results: list[PolicyResult]) -> dict[str, float | int | None]:
 
     ratio = worst_mean(lambda r: r.far_ratio_after_swap)
     drop = worst_mean(lambda r: r.old_regime_f1_drop_rel)
+    weights_drop = worst_mean(lambda r: r.old_regime_f1_drop_rel_weights_only)
     return {
         "far_ratio_after_swap": round(ratio, 3) if ratio is not None else None,
         "old_regime_f1_drop_rel": round(drop, 4) if drop is not None else None,
+        "old_regime_f1_drop_rel_weights_only": round(weights_drop, 4) if weights_drop is not None else None,
         "seeds": len({r.seed for r in results}),
         "swap_pause_ms": round(max(pauses), 2) if pauses else None,
         "lost_windows": sum(r.lost_windows for r in results),
