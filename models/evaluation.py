@@ -47,6 +47,17 @@ class PointMetrics:
         return 100.0 * self.fn / (self.fn + self.tp) if self.fn + self.tp else 0.0
 
 
+def anomaly_episodes(labels: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) row intervals where ``labels`` is 1.
+
+    >>> anomaly_episodes(np.array([0, 1, 1, 0, 1]))
+    [(1, 3), (4, 5)]
+    """
+    padded = np.concatenate([[0], np.asarray(labels, dtype=np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
 def point_metrics(truth: np.ndarray, predicted: np.ndarray) -> PointMetrics:
     truth, predicted = np.asarray(truth).astype(bool), np.asarray(predicted).astype(bool)
     return PointMetrics(

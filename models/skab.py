@@ -22,7 +22,14 @@ import pandas as pd
 import torch
 
 from models.detector import AnomalyDetector
-from models.evaluation import NAB_PROFILES, PointMetrics, alarms_from_flags, nab_counts, point_metrics
+from models.evaluation import (
+    NAB_PROFILES,
+    PointMetrics,
+    alarms_from_flags,
+    anomaly_episodes,
+    nab_counts,
+    point_metrics,
+)
 from models.threshold import AlarmFilter, make_rule
 from models.training import TrainingConfig
 
@@ -151,8 +158,7 @@ def miss_breakdown(results: list[ExperimentResult], experiments: list[Experiment
     for result, experiment in zip(results, experiments, strict=True):
         labels = experiment.frame["anomaly"].to_numpy().astype(bool)[TRAIN_ROWS:]
         flags = result.flags.to_numpy()[TRAIN_ROWS:]
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], labels.astype(np.int8), [0]])))
-        for start, stop in zip(edges[::2], edges[1::2], strict=True):
+        for start, stop in anomaly_episodes(labels):
             hits = np.flatnonzero(flags[start:stop])
             total += stop - start
             if hits.size == 0:

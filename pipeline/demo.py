@@ -30,6 +30,7 @@ from jobs.replay import ReplayBuffer
 from jobs.retrain import RetrainDecision, normal_windows, retrain_once
 from jobs.scheduler import DRIFT_JOB, build_scheduler, request_drift_run
 from models.detector import AnomalyDetector
+from models.evaluation import anomaly_episodes
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
 from pipeline.config import DriftlineConfig
@@ -39,7 +40,7 @@ from pipeline.producer import batch_messages
 from pipeline.query import connect
 from pipeline.report import build_report
 from pipeline.service import build_loop
-from pipeline.simulator import DriftSpec, FleetSpec, anomaly_episodes, simulate_fleet
+from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
 from pipeline.sinks import DeadLetterFile, KafkaDeadLetters, KafkaEventPublisher
 from pipeline.sources import KafkaSource, PacedSource, Record, Source
 

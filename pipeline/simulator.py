@@ -160,14 +160,3 @@ def simulate_fleet(spec: FleetSpec) -> pd.DataFrame:
     """Readings of every sensor, interleaved in time order as a live fleet would publish them."""
     frames = [simulate_sensor(spec, i) for i in range(spec.sensors)]
     return pd.concat(frames).sort_values(["timestamp", "sensor_id"], kind="stable").reset_index(drop=True)
-
-
-def anomaly_episodes(labels: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) row intervals where ``labels`` is 1.
-
-    >>> anomaly_episodes(np.array([0, 1, 1, 0, 1]))
-    [(1, 3), (4, 5)]
-    """
-    padded = np.concatenate([[0], np.asarray(labels, dtype=np.int8), [0]])
-    edges = np.flatnonzero(np.diff(padded))
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]

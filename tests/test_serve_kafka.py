@@ -17,12 +17,13 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 
 from models.detector import AnomalyDetector
+from models.evaluation import anomaly_episodes
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
 from pipeline.config import load_config
 from pipeline.producer import create_topic, produce
 from pipeline.service import serve
-from pipeline.simulator import FleetSpec, anomaly_episodes, simulate_fleet
+from pipeline.simulator import FleetSpec, simulate_fleet
 
 pytestmark = pytest.mark.kafka
 
