@@ -259,7 +259,7 @@ def run_policy(
     expected = sum(max(0, len(g) - 29) for _, g in fleet.groupby("sensor_id"))
     final = registry.load().detector
     weights_only = copy.copy(final)
-    weights_only.threshold = initial.threshold
+    weights_only.threshold, weights_only.regimes = initial.threshold, None
     held_out = held_out_old_regime(scenario)
     return PolicyResult(
         seed=scenario.seed,

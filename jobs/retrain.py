@@ -36,6 +36,7 @@ import pyarrow.dataset as ds
 
 from jobs.replay import ReplayBuffer
 from models.detector import AnomalyDetector
+from models.regimes import fit_regimes, window_levels
 from models.registry import ModelRegistry
 from models.scoring import reconstruction_errors
 from models.threshold import make_rule
@@ -47,7 +48,7 @@ from pipeline.windows import WindowAssembler
 
 log = logging.getLogger(__name__)
 
-RETRAINING_SCHEMA_VERSION = 1
+RETRAINING_SCHEMA_VERSION = 2  # 2 added regimes_after
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ class RetrainDecision:
     current_replay_error: float | None = None
     candidate_replay_error: float | None = None
     threshold_before: float | None = None
-    threshold_after: float | None = None
+    threshold_after: float | None = None  # over every regime; see regimes_after
     seconds: float = 0.0
+    regimes_after: int | None = None  # regimes the candidate judges windows by, each with its threshold
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,6 +237,7 @@ def fine_tune_and_gate(
         return None, metrics
     assert current.threshold is not None
     params = {k: v for k, v in current.threshold.params.items() if k in ("q", "k", "risk", "initial_quantile")}
+    rule = make_rule(current.threshold.rule, **params)
     calibration = (
         np.concatenate([recent_val, recent_gate, replay_gate])
         if len(replay_gate)
@@ -242,8 +245,23 @@ def fine_tune_and_gate(
     )
     errors = reconstruction_errors(candidate.model, scale(calibration)).error
     margin = float(current.threshold.params.get("margin", 1.0))
-    candidate.threshold = make_rule(current.threshold.rule, **params).fit(errors).with_margin(margin)
-    metrics |= {"outcome": "promoted", "reason": "no worse on recent and replay slices"}
+    pooled = rule.fit(errors)
+    candidate.threshold = pooled.with_margin(margin)
+    candidate.regimes = None
+    if len(replay_windows):
+        # the replay buffer tells which regimes the model must still serve: one threshold each
+        known = current.regimes.regimes if current.regimes is not None else ()
+        regimes = fit_regimes(
+            known, window_levels(scale(replay_windows)), window_levels(scale(recent)), min_windows=min_windows
+        )
+        if len(regimes) > 1:
+            calibrated = regimes.calibrate(window_levels(scale(calibration)), errors, rule, pooled, min_windows)
+            candidate.regimes = calibrated.with_margin(margin)
+    metrics |= {
+        "outcome": "promoted",
+        "reason": "no worse on recent and replay slices",
+        "regimes_after": len(candidate.regimes) if candidate.regimes is not None else 1,
+    }
     return candidate, metrics
 
 

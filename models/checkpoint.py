@@ -3,9 +3,10 @@
 A checkpoint is a directory of two files:
 
 - ``weights.safetensors``: the network's tensors (safetensors: plain data, no pickle);
-- ``checkpoint.json``: format tag and version, network config, scaler, threshold, alarm filter,
-  channel names, training curves and metrics, a fingerprint of the training data, and the sha256 of
-  the weights file.
+- ``checkpoint.json``: format tag and version, network config, scaler, threshold (and the per-regime
+  thresholds retraining adds after a regime change, :mod:`models.regimes`), alarm filter, channel
+  names, training curves and metrics, a fingerprint of the training data, and the sha256 of the
+  weights file.
 
 :func:`load_checkpoint` is the one loader: it checks the format tag, the sha256, and that the tensors
 match the network the JSON describes, and refuses anything else with :class:`CheckpointError`.
@@ -40,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from models.detector import AnomalyDetector
 from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
 from models.preprocessing import StandardScaler
+from models.regimes import Regimes
 from models.threshold import AlarmFilter, Threshold
 
 FORMAT = "driftline-checkpoint"
@@ -126,6 +128,7 @@ def save_checkpoint(
             "channels": list(detector.channels),
             "scaler": detector.scaler.to_dict(),
             "threshold": detector.threshold.to_dict() if detector.threshold else None,
+            "regimes": detector.regimes.to_list() if detector.regimes else None,
             "alarm": {"k": detector.alarm.k, "n": detector.alarm.n},
             "training": detector.training.to_dict() if detector.training else None,
             "data_fingerprint": fingerprint.__dict__ if fingerprint else None,
@@ -184,6 +187,7 @@ def load_checkpoint(path: Path, device: str = "cpu") -> LoadedCheckpoint:
         config = LSTMAEConfig.from_dict(metadata["model"]["config"])
         scaler = StandardScaler.from_dict(metadata["scaler"])
         threshold = Threshold.from_dict(metadata["threshold"]) if metadata.get("threshold") else None
+        regimes = Regimes.from_list(metadata["regimes"], config.n_channels) if metadata.get("regimes") else None
         alarm = AlarmFilter(**metadata.get("alarm", {"k": 1, "n": 1}))
         channels = tuple(metadata["channels"])
         model = LSTMAutoencoder(config)
@@ -193,5 +197,5 @@ def load_checkpoint(path: Path, device: str = "cpu") -> LoadedCheckpoint:
     if len(channels) != config.n_channels:
         raise CheckpointError(f"checkpoint {path}: {len(channels)} channel names for {config.n_channels} channels")
     model.to(device).eval()
-    detector = AnomalyDetector(model, scaler, threshold, alarm, channels)
+    detector = AnomalyDetector(model, scaler, threshold, alarm, channels, regimes=regimes)
     return LoadedCheckpoint(detector, metadata, path)

@@ -26,6 +26,7 @@ import torch
 
 from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
 from models.preprocessing import StandardScaler, finite_windows, window_end_rows
+from models.regimes import Regimes, window_levels
 from models.scoring import WindowScores, reconstruction_errors
 from models.threshold import AlarmFilter, QuantileRule, Threshold, ThresholdRule
 from models.training import TrainingConfig, TrainingResult, resolve_device, split_in_time, train_autoencoder
@@ -77,7 +78,7 @@ class Detection:
     channel_error: np.ndarray  # [n, channels]
     exceeded: np.ndarray  # [n] bool
     alarm: np.ndarray  # [n] bool, after the k-of-n filter
-    threshold: float
+    threshold: np.ndarray  # [n] the threshold each window was judged against (its regime's)
 
     def to_frame(self, timestamps: pd.Index, window: int, channels: Sequence[str]) -> pd.DataFrame:
         """One row per window: start/end time, error, threshold, flags and per-channel errors."""
@@ -114,12 +115,14 @@ class AnomalyDetector:
         alarm: AlarmFilter = AlarmFilter(),
         channels: tuple[str, ...] | None = None,
         training: TrainingResult | None = None,
+        regimes: Regimes | None = None,
     ) -> None:
         if scaler.n_channels != model.config.n_channels:
             raise ValueError("scaler and model disagree on the number of channels")
         self.model = model
         self.scaler = scaler
-        self.threshold = threshold
+        self.threshold = threshold  # one threshold over every regime: the fallback, and what a listing shows
+        self.regimes = regimes  # per-regime thresholds (set by retraining after a regime change) or None
         self.alarm = alarm
         self.channels = channels or tuple(f"ch{i}" for i in range(scaler.n_channels))
         self.training = training
@@ -179,6 +182,7 @@ class AnomalyDetector:
         self.training = train_autoencoder(self.model, train, training, val_windows=val)
         if rule is not None:
             self.threshold = rule.fit(reconstruction_errors(self.model, val).error)
+            self.regimes = None
         return self.training
 
     def to(self, device: str | torch.device) -> AnomalyDetector:
@@ -200,18 +204,22 @@ class AnomalyDetector:
         """Recalibrate the threshold on windows of ``normal_readings``."""
         _, scores = self.score(normal_readings)
         self.threshold = rule.fit(scores.error)
+        self.regimes = None
         return self.threshold
 
-    def predict(self, readings: np.ndarray, batch_size: int = 1024) -> Detection:
+    def window_thresholds(self, scaled_windows: np.ndarray) -> np.ndarray:
+        """The threshold each of ``scaled_windows`` ``[n, window, channels]`` is judged against ``[n]``.
+
+        With :attr:`regimes`, the threshold of each window's likeliest regime; else the one threshold.
+        """
         if self.threshold is None:
             raise ThresholdNotSetError("no threshold yet: call fit() or infer_threshold() first")
+        if self.regimes is None:
+            return np.full(len(scaled_windows), self.threshold.value, dtype=np.float64)
+        return self.regimes.thresholds(window_levels(scaled_windows))
+
+    def predict(self, readings: np.ndarray, batch_size: int = 1024) -> Detection:
+        thresholds = self.window_thresholds(self.scaler.scaled_windows(readings, self.window))
         ends, scores = self.score(readings, batch_size)
-        exceeded = np.nan_to_num(scores.error, nan=-np.inf) > self.threshold.value
-        return Detection(
-            ends,
-            scores.error,
-            scores.channel_error,
-            exceeded,
-            self.alarm.apply(exceeded),
-            self.threshold.value,
-        )
+        exceeded = np.nan_to_num(scores.error, nan=-np.inf) > thresholds
+        return Detection(ends, scores.error, scores.channel_error, exceeded, self.alarm.apply(exceeded), thresholds)

@@ -55,6 +55,7 @@ class VersionInfo:
     is_current: bool
     threshold: float | None
     val_loss: float | None
+    regime_thresholds: tuple[float, ...] = ()  # one per regime when the model judges by regime
 
 
 class ModelRegistry:
@@ -107,8 +108,11 @@ class ModelRegistry:
                 continue
             threshold = (meta.get("threshold") or {}).get("value")
             val_loss = (meta.get("training") or {}).get("best_val_loss")
+            regimes = tuple((r.get("threshold") or {}).get("value", float("nan")) for r in meta.get("regimes") or ())
             infos.append(
-                VersionInfo(version, path, meta.get("created_at", "?"), version == current, threshold, val_loss)
+                VersionInfo(
+                    version, path, meta.get("created_at", "?"), version == current, threshold, val_loss, regimes
+                )
             )
         return infos
 

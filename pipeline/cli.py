@@ -280,12 +280,13 @@ def model_list(app: _AppContext) -> None:
     if not infos:
         click.echo(f"no versions in {app.config.registry_dir}; train one with `driftline train`")
         return
-    click.echo(f"  {'version':10s} {'created':26s} {'threshold':>10s} {'val loss':>10s}")
+    click.echo(f"  {'version':10s} {'created':26s} {'threshold':>10s} {'val loss':>10s}  per-regime thresholds")
     for info in infos:
         threshold = f"{info.threshold:.4f}" if info.threshold is not None else "-"
         val_loss = f"{info.val_loss:.4f}" if info.val_loss is not None else "-"
+        regimes = " / ".join(f"{value:.4f}" for value in info.regime_thresholds) or "-"
         marker = "*" if info.is_current else " "
-        click.echo(f"{marker} {info.version:10s} {info.created_at:26s} {threshold:>10s} {val_loss:>10s}")
+        click.echo(f"{marker} {info.version:10s} {info.created_at:26s} {threshold:>10s} {val_loss:>10s}  {regimes}")
 
 
 @model.command("promote")

@@ -33,7 +33,7 @@ class ScoredBatch:
     channel_error: np.ndarray  # [n, channels]
     exceeded: np.ndarray  # [n] bool
     anomaly: np.ndarray  # [n] bool, after the per-sensor k-of-n filter
-    threshold: float
+    threshold: np.ndarray  # [n] the threshold each window was judged against (its regime's)
     model_version: str
 
 
@@ -71,12 +71,13 @@ class WindowScorer:
                 np.empty((0, len(self.channels)), np.float32),
                 empty.astype(bool),
                 empty.astype(bool),
-                detector.threshold.value,
+                empty,
                 self.model_version,
             )
-        stacked = np.stack([w.values for w in windows])  # [n, window, channels]
-        scores = reconstruction_errors(detector.model, detector.scaler.transform_windows(stacked), self.batch_size)
-        exceeded = scores.error > detector.threshold.value
+        scaled = detector.scaler.transform_windows(np.stack([w.values for w in windows]))  # [n, window, channels]
+        scores = reconstruction_errors(detector.model, scaled, self.batch_size)
+        thresholds = detector.window_thresholds(scaled)
+        exceeded = scores.error > thresholds
         anomaly = np.empty(len(windows), dtype=bool)
         k, n = detector.alarm.k, detector.alarm.n
         for i, window in enumerate(windows):
@@ -91,6 +92,6 @@ class WindowScorer:
             scores.channel_error,
             exceeded,
             anomaly,
-            detector.threshold.value,
+            thresholds,
             self.model_version,
         )

@@ -96,7 +96,7 @@ class ScoredWindows:
     window_end: np.ndarray  # [n] epoch seconds
     error: np.ndarray  # [n]
     channel_error: np.ndarray  # [n, channels]
-    threshold: float
+    threshold: np.ndarray | float  # [n], or one value for every row
     exceeded: np.ndarray  # [n] bool
     anomaly: np.ndarray  # [n] bool
     drift: np.ndarray  # [n] bool
@@ -143,7 +143,9 @@ class ErrorLogSink:
         for i, channel in enumerate(self.channels):
             columns[f"error_{channel}"] = pa.array(channel_error[:, i])
         columns |= {
-            "threshold": pa.array(np.concatenate([np.full(len(b), b.threshold, np.float32) for b in batches])),
+            "threshold": pa.array(
+                np.concatenate([np.broadcast_to(b.threshold, len(b)) for b in batches]).astype(np.float32)
+            ),
             "exceeded": pa.array(np.concatenate([b.exceeded for b in batches]).astype(bool)),
             "anomaly": pa.array(np.concatenate([b.anomaly for b in batches]).astype(bool)),
             "drift": pa.array(np.concatenate([b.drift for b in batches]).astype(bool)),

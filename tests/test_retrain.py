@@ -14,6 +14,7 @@ from jobs.replay import ReplayBuffer
 from jobs.retrain import RetrainDecision, fine_tune_and_gate, normal_windows, retrain_once
 from jobs.scheduler import RetrainLock, build_scheduler, request_drift_run, run_exclusive
 from models.detector import AnomalyDetector
+from models.regimes import window_levels
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
 from pipeline.config import load_config
@@ -78,6 +79,15 @@ def test_gate_promotes_a_candidate_that_learned_the_new_regime(fleet, old_regime
     assert candidate.threshold is not None
     assert metrics["candidate_recent_error"] < 0.8 * metrics["current_recent_error"]
     assert metrics["candidate_replay_error"] <= 1.5 * metrics["current_replay_error"]
+    # the buffer's regime and the recent one each keep a threshold, calibrated on their own windows
+    assert metrics["regimes_after"] == 2
+    assert candidate.regimes is not None
+    scale = candidate.scaler.transform_windows
+    old_regime = candidate.regimes.assign(window_levels(scale(replay.windows)))
+    new_regime = candidate.regimes.assign(window_levels(scale(recent)))
+    assert np.bincount(old_regime).argmax() != np.bincount(new_regime).argmax()
+    assert (old_regime == np.bincount(old_regime).argmax()).mean() > 0.95
+    assert (new_regime == np.bincount(new_regime).argmax()).mean() > 0.95
 
 
 def test_forgetting_guard_rejects_a_candidate_that_lost_the_old_regime(fleet, old_regime_detector) -> None:

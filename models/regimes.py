@@ -1,0 +1,191 @@
+"""Operating regimes and a threshold for each: after the plant moved to a new operating point, one model
+covers the old and the new regime, but its errors differ between them (the regime it saw less of is
+reconstructed worse), so one threshold calibrated on both is too loose for one and too tight for the other.
+
+A :class:`Regime` describes where a regime's windows sit: a Gaussian over the window *levels* (each
+channel's mean within the window, in the scaler's units), with its own calibrated threshold. A window
+is judged against the threshold of the regime most likely to have produced it (quadratic discriminant,
+equal priors). The level of a window uses its own readings only, so the choice stays causal.
+
+:func:`fit_regimes` builds the set at retraining: the regimes the current model knew are refitted on the
+replay buffer's windows assigned to them (those the buffer no longer holds are dropped), and the recent
+windows either join the nearest one or, when their centre lies outside it (Mahalanobis distance above
+``separation``), become a regime of their own.
+
+>>> import numpy as np
+>>> from models.threshold import QuantileRule
+>>> rng = np.random.default_rng(0)
+>>> old, new = rng.normal(0, 1, (500, 2)), rng.normal(6, 1, (500, 2))
+>>> regimes = fit_regimes([], old, new)
+>>> len(regimes)
+2
+>>> regimes.assign(np.array([[0.2, -0.1], [5.8, 6.3]])).tolist()
+[0, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from models.threshold import Threshold, ThresholdRule
+
+# Shrink each covariance towards its mean variance by this much: keeps it invertible when a channel is
+# constant (relative channels have level 0 in every window) or when few windows describe the regime.
+SHRINKAGE = 0.1
+
+
+def window_levels(scaled_windows: np.ndarray) -> np.ndarray:
+    """Each channel's mean within each window ``[n, window, channels] -> [n, channels]``."""
+    return np.asarray(scaled_windows, dtype=np.float64).mean(axis=1)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One operating regime: a Gaussian over window levels and the threshold calibrated on its windows."""
+
+    centre: np.ndarray  # [channels]
+    covariance: np.ndarray  # [channels, channels], shrunk
+    threshold: Threshold | None = None
+    windows: int = 0  # how many windows described it
+
+    @classmethod
+    def fit(cls, levels: np.ndarray) -> Regime:
+        levels = np.asarray(levels, dtype=np.float64)
+        if len(levels) < 2:
+            raise ValueError("need at least two windows to describe a regime")
+        covariance = np.atleast_2d(np.cov(levels.T))
+        ridge = max(float(np.trace(covariance)) / len(covariance), 1e-6)
+        covariance = (1 - SHRINKAGE) * covariance + SHRINKAGE * ridge * np.eye(len(covariance))
+        return cls(levels.mean(axis=0), covariance, None, len(levels))
+
+    def mahalanobis(self, levels: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each row of ``levels`` from the centre."""
+        offset = np.asarray(levels, dtype=np.float64) - self.centre
+        return np.einsum("ni,ni->n", offset, np.linalg.solve(self.covariance, offset.T).T)
+
+    def log_likelihood(self, levels: np.ndarray) -> np.ndarray:
+        """Gaussian log density of each row, up to the constant shared by every regime."""
+        return -0.5 * (self.mahalanobis(levels) + np.linalg.slogdet(self.covariance)[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "centre": self.centre.tolist(),
+            "covariance": self.covariance.tolist(),
+            "threshold": self.threshold.to_dict() if self.threshold else None,
+            "windows": self.windows,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Regime:
+        centre = np.asarray(values["centre"], dtype=np.float64)
+        covariance = np.asarray(values["covariance"], dtype=np.float64)
+        if centre.ndim != 1 or covariance.shape != (len(centre), len(centre)):
+            raise ValueError(f"regime covariance of shape {covariance.shape} does not fit a centre of {len(centre)}")
+        if (
+            not (np.isfinite(centre).all() and np.isfinite(covariance).all())
+            or np.linalg.eigvalsh(covariance).min() <= 0
+        ):
+            raise ValueError("regime centre and covariance must be finite, the covariance positive definite")
+        threshold = Threshold.from_dict(values["threshold"]) if values.get("threshold") else None
+        return cls(centre, covariance, threshold, int(values.get("windows", 0)))
+
+
+@dataclass(frozen=True)
+class Regimes:
+    """The regimes a model serves, each with its threshold; windows are judged by their likeliest regime."""
+
+    regimes: tuple[Regime, ...]
+
+    def __len__(self) -> int:
+        return len(self.regimes)
+
+    def assign(self, levels: np.ndarray) -> np.ndarray:
+        """Index of the likeliest regime for each row of ``levels`` ``[n, channels]``."""
+        if len(levels) == 0:
+            return np.empty(0, dtype=np.int64)
+        return np.stack([r.log_likelihood(levels) for r in self.regimes], axis=1).argmax(axis=1)
+
+    def thresholds(self, levels: np.ndarray) -> np.ndarray:
+        """The threshold each window is judged against ``[n]`` (every regime must be calibrated)."""
+        values = np.array([_calibrated(r).value for r in self.regimes])
+        return values[self.assign(levels)]
+
+    def calibrate(
+        self, levels: np.ndarray, errors: np.ndarray, rule: ThresholdRule, fallback: Threshold, min_windows: int = 100
+    ) -> Regimes:
+        """Fit ``rule`` on the ``errors`` of the held-out normal windows assigned to each regime.
+
+        A regime with fewer than ``min_windows`` of them takes ``fallback`` (too few for a tail quantile).
+        """
+        assigned = self.assign(levels)
+        calibrated = []
+        for i, regime in enumerate(self.regimes):
+            mine = errors[assigned == i]
+            threshold = rule.fit(mine) if len(mine) >= min_windows else fallback
+            calibrated.append(replace(regime, threshold=threshold))
+        return Regimes(tuple(calibrated))
+
+    def with_margin(self, margin: float) -> Regimes:
+        return Regimes(tuple(replace(r, threshold=_calibrated(r).with_margin(margin)) for r in self.regimes))
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.regimes]
+
+    @classmethod
+    def from_list(cls, values: Sequence[dict[str, Any]], n_channels: int) -> Regimes:
+        regimes = tuple(Regime.from_dict(v) for v in values)
+        if not regimes or any(len(r.centre) != n_channels or r.threshold is None for r in regimes):
+            raise ValueError(f"regimes must be calibrated and describe {n_channels} channels")
+        return cls(regimes)
+
+
+def _calibrated(regime: Regime) -> Threshold:
+    if regime.threshold is None:
+        raise ValueError("regime has no calibrated threshold: call Regimes.calibrate() first")
+    return regime.threshold
+
+
+def fit_regimes(
+    known: Sequence[Regime],
+    replay_levels: np.ndarray,
+    recent_levels: np.ndarray,
+    *,
+    separation: float = 3.0,
+    min_windows: int = 100,
+    max_regimes: int = 8,
+) -> Regimes:
+    """Regimes after retraining, from the current model's ``known`` regimes and the windows trained on.
+
+    ``replay_levels`` (the replay buffer's windows) refit the known regimes they are assigned to;
+    a known regime left with fewer than ``min_windows`` of them is dropped (the buffer forgot it), and
+    with no known regime the whole buffer is one. ``recent_levels`` become a new regime when their centre
+    lies farther than ``separation`` (Mahalanobis, in the nearest regime's own spread) from every regime,
+    else they join the nearest one. At most ``max_regimes`` are kept, the best described first.
+    Thresholds are left for :meth:`Regimes.calibrate`.
+    """
+    regimes: list[Regime] = []
+    groups: list[np.ndarray] = []
+    if known and len(replay_levels):
+        assigned = Regimes(tuple(known)).assign(replay_levels)
+        groups = [replay_levels[assigned == i] for i in range(len(known))]
+    elif len(replay_levels):
+        groups = [replay_levels]
+    groups = [g for g in groups if len(g) >= min_windows]
+    regimes = [Regime.fit(g) for g in groups]
+    if len(recent_levels) >= 2:
+        centre = np.asarray(recent_levels, dtype=np.float64).mean(axis=0, keepdims=True)
+        distances = [float(np.sqrt(r.mahalanobis(centre)[0])) for r in regimes]
+        if not regimes or min(distances) > separation:
+            groups.append(np.asarray(recent_levels, dtype=np.float64))
+        else:
+            nearest = int(np.argmin(distances))
+            groups[nearest] = np.concatenate([groups[nearest], recent_levels])
+        regimes = [Regime.fit(g) for g in groups]
+    if not regimes:
+        raise ValueError("no windows to describe a regime")
+    regimes.sort(key=lambda r: -r.windows)
+    return Regimes(tuple(regimes[:max_regimes]))
