@@ -13,8 +13,11 @@ model's by more than ``tolerance`` (relative) on the held-out recent slice *and*
 is looser on purpose: one model that covers an old and a new regime cannot match a specialist of the
 old one (fine-tuning with replay raised old-regime error 1.1-1.4x in our tests), while forgetting is
 catastrophic (recent-only fine-tuning raised it 30x). The threshold is recalibrated with the current model's
-rule on the candidate's errors over held-out normal windows. Every decision is a row in
-``<error log>/retraining/`` (Parquet).
+rule on the candidate's errors over held-out normal windows; when the recent windows lie in another
+operating regime than the replay buffer's, every regime gets its own threshold from its own held-out
+windows (:mod:`models.regimes`): the candidate reconstructs the regimes unequally well, and one
+threshold over both was set by the worse one. Every decision is a row in ``<error log>/retraining/``
+(Parquet).
 """
 
 from __future__ import annotations
