@@ -43,6 +43,7 @@ from pipeline.service import build_loop
 from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet, simulate_sensor
 from pipeline.sinks import DeadLetterFile
 from pipeline.sources import PacedSource, Record
+from pipeline.time_spans import epoch_seconds
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def run_policy(
     ]
     source = PacedSource(records, rate)
 
-    fleet["ts"] = (fleet["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    fleet["ts"] = epoch_seconds(fleet["timestamp"])
     drift_ts = float(fleet["ts"].iloc[0]) + spec.drift.at_row
     replay = ReplayBuffer(20_000, 30, len(channels))  # holds the initial model's training windows
     replay.add(normal_windows(fleet[fleet.groupby("sensor_id").cumcount() < scenario.train_rows], channels, 30)[0])
@@ -237,7 +238,7 @@ def run_policy(
 
     frame = pd.read_parquet(work / "error_log" / "errors")
     frame["label"] = _window_labels(fleet, frame)
-    end_ts = (frame["window_end"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    end_ts = epoch_seconds(frame["window_end"])
     pre = frame[end_ts < drift_ts]
     post = frame[end_ts >= drift_ts + (spec.drift.ramp_rows if spec.drift.kind == "gradual" else 0)]
     post_old = post[post["model_version"] == first_version]
@@ -253,7 +254,7 @@ def run_policy(
     false_alarms = 0
     if events_dir.exists():
         drift_events = pd.read_parquet(events_dir)
-        event_ts = (drift_events["ts"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+        event_ts = epoch_seconds(drift_events["ts"])
         false_alarms = int((event_ts < drift_ts).sum())
     keys = list(zip(frame["sensor_id"], frame["window_end"], strict=True))
     expected = sum(max(0, len(g) - 29) for _, g in fleet.groupby("sensor_id"))

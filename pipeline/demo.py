@@ -43,6 +43,7 @@ from pipeline.service import build_loop
 from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
 from pipeline.sinks import DeadLetterFile, KafkaDeadLetters, KafkaEventPublisher
 from pipeline.sources import KafkaSource, PacedSource, Record, Source
+from pipeline.time_spans import epoch_seconds
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ def run_demo(
 
 
 def _with_ts(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.assign(ts=(frame["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
+    return frame.assign(ts=epoch_seconds(frame["timestamp"]))
 
 
 def _produce_paced(producer: Any, topic: str, stream: pd.DataFrame, channels: list[str], rate: float) -> None:
@@ -327,7 +328,7 @@ def _summarise(
     expected = sum(max(0, len(g) - window + 1) for _, g in stream.groupby("sensor_id"))
     assert spec.drift is not None
     drift_at = pd.Timestamp(spec.start) + pd.Timedelta(seconds=spec.drift.at_row)
-    drift_at_s = (drift_at - pd.Timestamp(0, tz="UTC")).total_seconds()
+    drift_at_s = epoch_seconds(drift_at)
     detected_ts = next((ts for ts in fleet_drifts if ts >= drift_at_s), None)
 
     caught, delays, injected, far_pre, far_post = 0, [], 0, [0, 0], [0, 0]

@@ -22,6 +22,7 @@ from kafka.structs import OffsetAndMetadata
 
 from pipeline.config import KafkaSettings
 from pipeline.messages import encode_readings
+from pipeline.time_spans import epoch_seconds
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def readings_from_frame(frame: pd.DataFrame, channels: Sequence[str]) -> Iterato
         frame = frame.assign(sensor_id="sensor-000")
     time_column = "timestamp" if "timestamp" in frame.columns else None
     stamps = pd.to_datetime(frame[time_column] if time_column else frame.index.to_series(), utc=True)
-    times = ((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64)
+    times = epoch_seconds(stamps).to_numpy(dtype=np.float64)
     values = frame[list(channels)].to_numpy(dtype=float)
     for sensor, ts, row in zip(frame["sensor_id"].astype(str), times, values, strict=True):
         yield (

@@ -40,6 +40,7 @@ from pipeline.service import build_loop
 from pipeline.simulator import FleetSpec, simulate_fleet
 from pipeline.sinks import DeadLetterFile
 from pipeline.sources import KafkaSource
+from pipeline.time_spans import epoch_seconds
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class _CpuMeter:
 
 
 def _messages(fleet: pd.DataFrame, channels: list[str], now: float | None = None) -> list[tuple[bytes, bytes]]:
-    times = (fleet["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    times = epoch_seconds(fleet["timestamp"])
     values = fleet[channels].to_numpy()
     out = []
     for sensor, ts, row in zip(fleet["sensor_id"], times, values, strict=True):

@@ -1,10 +1,13 @@
-"""``--since``/``--until`` values: ISO-8601 times or spans (``6h``, ``2d``, ``30m``) back from the newest window.
+"""Times: ``--since``/``--until`` values, ISO-8601 times or spans (``6h``, ``2d``, ``30m``) back from the
+newest window; and pandas UTC timestamps as epoch seconds (what the pipeline's ``ts`` fields hold).
 
 Spans count back from the newest window in the log rather than from the wall clock, so replayed or
 historical data reads the same way as live data.
 
 >>> parse_span("6h"), parse_span("90s"), parse_span("2026-01-01")
 (datetime.timedelta(seconds=21600), datetime.timedelta(seconds=90), None)
+>>> epoch_seconds(pd.Series(pd.to_datetime(["1970-01-01T00:01:30Z"]))).tolist()
+[90.0]
 """
 
 from __future__ import annotations
@@ -12,9 +15,21 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
+
+import pandas as pd
 
 _SPAN = re.compile(r"^(?P<n>\d+(\.\d+)?)\s*(?P<unit>s|m|h|d|w)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+_EPOCH = pd.Timestamp(0, tz="UTC")
+Times = TypeVar("Times", pd.Series, pd.DatetimeIndex, pd.Timestamp)
+
+
+def epoch_seconds(times: Times) -> Times:
+    """UTC timestamps (a Series, an index or one Timestamp) as float seconds since 1970-01-01."""
+    return (times - _EPOCH) / pd.Timedelta(seconds=1)
 
 
 def parse_span(text: str) -> timedelta | None:

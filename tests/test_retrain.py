@@ -19,6 +19,7 @@ from models.registry import ModelRegistry
 from models.training import TrainingConfig
 from pipeline.config import load_config
 from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
+from pipeline.time_spans import epoch_seconds
 
 SPEC = FleetSpec(sensors=3, rows=1600, anomalies_per_sensor=0, drift=DriftSpec(at_row=800, offset_sd=2.0), seed=5)
 CHANNELS = list(SPEC.channels)
@@ -40,7 +41,7 @@ def old_regime_detector(fleet: pd.DataFrame) -> AnomalyDetector:
 
 def readings_of(fleet: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
     part = pd.concat([g.iloc[start:stop] for _, g in fleet.groupby("sensor_id")])
-    part = part.assign(ts=(part["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
+    part = part.assign(ts=epoch_seconds(part["timestamp"]))
     return part[["sensor_id", "ts", *CHANNELS]]
 
 
