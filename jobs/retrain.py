@@ -246,7 +246,8 @@ def fine_tune_and_gate(
         if len(replay_gate)
         else np.concatenate([recent_val, recent_gate])
     )
-    errors = reconstruction_errors(candidate.model, scale(calibration)).error
+    scaled_calibration = scale(calibration)
+    errors = reconstruction_errors(candidate.model, scaled_calibration).error
     margin = float(current.threshold.params.get("margin", 1.0))
     pooled = rule.fit(errors)
     candidate.threshold = pooled.with_margin(margin)
@@ -258,7 +259,7 @@ def fine_tune_and_gate(
             known, window_levels(scale(replay_windows)), window_levels(scale(recent)), min_windows=min_windows
         )
         if len(regimes) > 1:
-            calibrated = regimes.calibrate(window_levels(scale(calibration)), errors, rule, pooled, min_windows)
+            calibrated = regimes.calibrate(window_levels(scaled_calibration), errors, rule, pooled, min_windows)
             candidate.regimes = calibrated.with_margin(margin)
     metrics |= {
         "outcome": "promoted",

@@ -192,13 +192,15 @@ class AnomalyDetector:
     def score(self, readings: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, WindowScores]:
         """Window end rows ``[n]`` and scores of every window of ``readings``; NaN where rejected."""
         windows = self.scaler.scaled_windows(readings, self.window)
-        ends = window_end_rows(len(readings), self.window)
+        return window_end_rows(len(readings), self.window), self._score_windows(windows, batch_size)
+
+    def _score_windows(self, windows: np.ndarray, batch_size: int) -> WindowScores:
         ok = finite_windows(windows)
         scored = reconstruction_errors(self.model, windows[ok], batch_size)
         error = np.full(len(windows), np.nan, dtype=np.float32)
         channel_error = np.full((len(windows), self.scaler.n_channels), np.nan, dtype=np.float32)
         error[ok], channel_error[ok] = scored.error, scored.channel_error
-        return ends, WindowScores(error, channel_error)
+        return WindowScores(error, channel_error)
 
     def infer_threshold(self, normal_readings: np.ndarray, rule: ThresholdRule) -> Threshold:
         """Recalibrate the threshold on windows of ``normal_readings``."""
@@ -219,7 +221,9 @@ class AnomalyDetector:
         return self.regimes.thresholds(window_levels(scaled_windows))
 
     def predict(self, readings: np.ndarray, batch_size: int = 1024) -> Detection:
-        thresholds = self.window_thresholds(self.scaler.scaled_windows(readings, self.window))
-        ends, scores = self.score(readings, batch_size)
+        windows = self.scaler.scaled_windows(readings, self.window)  # once, for the scores and the regimes
+        thresholds = self.window_thresholds(windows)
+        scores = self._score_windows(windows, batch_size)
+        ends = window_end_rows(len(readings), self.window)
         exceeded = np.nan_to_num(scores.error, nan=-np.inf) > thresholds
         return Detection(ends, scores.error, scores.channel_error, exceeded, self.alarm.apply(exceeded), thresholds)

@@ -167,7 +167,6 @@ def fit_regimes(
     else they join the nearest one. At most ``max_regimes`` are kept, the best described first.
     Thresholds are left for :meth:`Regimes.calibrate`.
     """
-    regimes: list[Regime] = []
     groups: list[np.ndarray] = []
     if known and len(replay_levels):
         assigned = Regimes(tuple(known)).assign(replay_levels)
@@ -180,11 +179,10 @@ def fit_regimes(
         centre = np.asarray(recent_levels, dtype=np.float64).mean(axis=0, keepdims=True)
         distances = [float(np.sqrt(r.mahalanobis(centre)[0])) for r in regimes]
         if not regimes or min(distances) > separation:
-            groups.append(np.asarray(recent_levels, dtype=np.float64))
+            regimes.append(Regime.fit(recent_levels))
         else:
             nearest = int(np.argmin(distances))
-            groups[nearest] = np.concatenate([groups[nearest], recent_levels])
-        regimes = [Regime.fit(g) for g in groups]
+            regimes[nearest] = Regime.fit(np.concatenate([groups[nearest], recent_levels]))
     if not regimes:
         raise ValueError("no windows to describe a regime")
     regimes.sort(key=lambda r: -r.windows)
