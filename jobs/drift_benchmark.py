@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from jobs.replay import ReplayBuffer
-from jobs.retrain import fine_tune_and_gate, normal_windows, windows_to_exclude
+from jobs.retrain import fine_tune_and_gate, learnable_windows, normal_windows
 from models.detector import AnomalyDetector
 from models.evaluation import point_metrics
 from models.registry import ModelRegistry
@@ -201,8 +201,8 @@ def run_policy(
             time.sleep(0.05)
         now_ts = loop.latest_event_ts
         recent_frame = fleet[(fleet["ts"] > now_ts - recent_s) & (fleet["ts"] <= now_ts)]
-        flagged = windows_to_exclude(work / "error_log", now_ts - recent_s)
-        recent, _ = normal_windows(recent_frame, channels, 30, flagged)
+        keep = learnable_windows(work / "error_log", now_ts - recent_s)
+        recent, _ = normal_windows(recent_frame, channels, 30, keep)
         current = registry.load().detector
         candidate, metrics = fine_tune_and_gate(
             current,

@@ -3,7 +3,8 @@ the candidate, publish and promote it.
 
 **Recent data comes from the sensor topic itself**, read by time range (``offsets_for_times``): the
 topic is the system of record the scorer consumed, so retraining needs no second copy of raw data and
-sees exactly what was scored. Windows the error log flagged anomalous are left out.
+sees exactly what was scored. Only windows the error log holds are learned from (what the scorer has
+not judged yet may be an anomaly), less those it flagged anomalous.
 
 **Gate.** The recent windows are split in time: the oldest 60 % train, the next 20 % drive early
 stopping, the newest 20 % are the *held-out recent slice*; the replay buffer is split 80/20 the same
@@ -26,7 +27,7 @@ import copy
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,28 +134,36 @@ def read_recent_readings(
     return frame
 
 
-def windows_to_exclude(error_log_dir: Path, since_s: float, outlier_quantile: float = 0.9) -> set[tuple[str, int]]:
-    """(sensor_id, window end in ms) of recent windows to leave out of retraining.
+def learnable_windows(
+    error_log_dir: Path, since_s: float, outlier_quantile: float = 0.9
+) -> set[tuple[str, int]] | None:
+    """(sensor_id, window end in ms) of the recent windows retraining may learn from; None: no verdicts.
 
-    A window is left out when the error log flagged it anomalous *and* its error is in the top
-    ``1 - outlier_quantile`` of recent errors. In steady operation flagged windows are rare and all of
-    them are in that top band, so all are excluded; after the plant moved to a new regime the old model
-    flags nearly everything, and excluding every flagged window would leave nothing to learn the new
-    regime from: then only the relatively worst windows are dropped.
+    Only windows the error log holds count. A window the scorer has not judged yet (or whose row is
+    not durable yet) may be an anomaly nobody flagged: in the demo, the last half-minute of a recent
+    range ended inside a level shift the log did not hold yet, and those windows lifted the recalibrated
+    threshold 17-fold. Of the judged windows, one is left out when the log flagged it anomalous *and*
+    its error is in the top ``1 - outlier_quantile`` of recent errors. In steady operation flagged
+    windows are rare and all of them are in that top band, so all are left out; after the plant moved
+    to a new regime the old model flags nearly everything, and leaving out every flagged window would
+    leave nothing to learn the new regime from: then only the relatively worst windows are dropped.
+
+    None when the log holds no window since ``since_s`` (no consumer wrote one): there is nothing to
+    judge by, and the caller learns from every window.
     """
     errors = Path(error_log_dir) / "errors"
     if not errors.exists():
-        return set()
+        return None
     dataset = ds.dataset(errors, format="parquet", partitioning="hive")
     since = pa.scalar(int(since_s * 1000), pa.timestamp("ms", tz="UTC"))
     table = dataset.to_table(
         columns=["sensor_id", "window_end", "error", "anomaly"], filter=ds.field("window_end") >= since
     )
     if table.num_rows == 0:
-        return set()
+        return None
     error = table["error"].to_numpy()
     cut = float(np.nanquantile(error, outlier_quantile))
-    keep = table["anomaly"].to_numpy(zero_copy_only=False) & (error >= cut)
+    keep = ~(table["anomaly"].to_numpy(zero_copy_only=False) & (error >= cut))
     sensors = np.asarray(table["sensor_id"].to_pylist(), dtype=object)[keep]
     ends = table["window_end"].cast(pa.int64()).to_numpy()[keep]
     return set(zip(sensors.tolist(), ends.tolist(), strict=True))
@@ -164,11 +173,14 @@ def normal_windows(
     readings: pd.DataFrame,
     channels: Sequence[str],
     window: int,
-    exclude: set[tuple[str, int]] | None = None,
+    keep: Collection[tuple[str, int]] | None = None,
     max_fill_s: float = 5.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw windows ``[n, window, channels]`` of every sensor in end-time order, minus ``exclude``; and end times."""
-    exclude = exclude or set()
+    """Raw windows ``[n, window, channels]`` of every sensor in end-time order, and their end times.
+
+    ``keep``: only windows whose (sensor_id, end in ms) it holds (see :func:`learnable_windows`);
+    None keeps every window.
+    """
     assembler = WindowAssembler(window, max_fill_s=max_fill_s, idle_ttl_s=float("inf"))
     values = readings[list(channels)].to_numpy(dtype=np.float64)
     out, ends = [], []
@@ -176,7 +188,7 @@ def normal_windows(
     sensors, times = readings["sensor_id"].to_numpy(), readings["ts"].to_numpy()
     for i in order:
         for w in assembler.add(str(sensors[i]), float(times[i]), values[i], ("recent", 0, int(i))):
-            if (w.sensor_id, round(w.end_ts * 1000)) not in exclude:
+            if keep is None or (w.sensor_id, round(w.end_ts * 1000)) in keep:
                 out.append(w.values)
                 ends.append(w.end_ts)
     if not out:
@@ -304,8 +316,13 @@ def retrain_once(
     since = now_s - settings.recent_hours * 3600
     if readings is None:
         readings = read_recent_readings(config.kafka, current.channels, since, now_s)
-    flagged = windows_to_exclude(config.error_log_dir, since)
-    recent, _ = normal_windows(readings, current.channels, current.window, flagged, config.windows.max_fill_s)
+    keep = learnable_windows(config.error_log_dir, since)
+    if keep is None:
+        log.warning(
+            "the error log holds no window since %s: learning from every recent window, none was judged",
+            datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
+        )
+    recent, _ = normal_windows(readings, current.channels, current.window, keep, config.windows.max_fill_s)
     replay_path = config.data_dir / "replay" / "buffer.npz"
     replay = ReplayBuffer.load(replay_path, current.window, len(current.channels), settings.replay_capacity)
     training = replace(config.training, epochs=settings.epochs, device="cpu", progress=False)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from jobs.replay import ReplayBuffer
-from jobs.retrain import RetrainDecision, fine_tune_and_gate, normal_windows, retrain_once
+from jobs.retrain import RetrainDecision, fine_tune_and_gate, learnable_windows, normal_windows, retrain_once
 from jobs.scheduler import RetrainLock, build_scheduler, request_drift_run, run_exclusive
 from models.detector import AnomalyDetector
 from models.regimes import window_levels
@@ -19,6 +19,7 @@ from models.registry import ModelRegistry
 from models.training import TrainingConfig
 from pipeline.config import load_config
 from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
+from pipeline.sinks import ErrorLogSink, ScoredWindows
 from pipeline.time_spans import epoch_seconds
 
 SPEC = FleetSpec(sensors=3, rows=1600, anomalies_per_sensor=0, drift=DriftSpec(at_row=800, offset_sd=2.0), seed=5)
@@ -62,12 +63,50 @@ def test_reservoir_keeps_a_uniform_sample_and_round_trips(tmp_path: Path) -> Non
         ReplayBuffer.load(tmp_path / "replay.npz", window=3, n_channels=1, capacity=500)
 
 
-def test_windows_flagged_anomalous_are_left_out_of_retraining(fleet: pd.DataFrame) -> None:
+def log_scored(error_log: Path, ends: np.ndarray, sensors: list[str], error: np.ndarray, anomaly: np.ndarray) -> None:
+    """Write what a scorer would have written for these windows to a real error log."""
+    n = len(ends)
+    sink = ErrorLogSink(error_log, CHANNELS)
+    sink.append(
+        ScoredWindows(
+            sensor_id=sensors,
+            window_start=ends - 19,
+            window_end=ends,
+            error=error,
+            channel_error=np.zeros((n, len(CHANNELS))),
+            threshold=0.1,
+            exceeded=anomaly,
+            anomaly=anomaly,
+            drift=np.zeros(n, dtype=bool),
+            model_version="v000001",
+            source_topic=["sensors"] * n,
+            source_partition=np.zeros(n, dtype=np.int64),
+            source_offset_start=np.arange(n),
+            source_offset_end=np.arange(n),
+        )
+    )
+    sink.flush()
+
+
+def test_retraining_learns_only_from_windows_the_log_judged_normal(fleet: pd.DataFrame, tmp_path: Path) -> None:
     readings = readings_of(fleet, 0, 100)
     windows, ends = normal_windows(readings, CHANNELS, 20)
     assert len(windows) == 3 * 81
-    flagged = {("sensor-000", round(ends[0] * 1000))}
-    assert len(normal_windows(readings, CHANNELS, 20, flagged)[0]) == len(windows) - 1
+    assert learnable_windows(tmp_path, ends.min()) is None, "no error log: nothing to judge by"
+    # the scorer has judged all but the newest 10 windows of each sensor; one judged window was flagged
+    sensors = [f"sensor-00{i}" for i in range(3) for _ in range(71)]
+    judged_ends = np.tile(np.sort(np.unique(ends))[:71], 3)
+    error, anomaly = np.full(len(sensors), 0.05), np.zeros(len(sensors), dtype=bool)
+    error[5], anomaly[5] = 3.0, True
+    log_scored(tmp_path, judged_ends, sensors, error, anomaly)
+
+    keep = learnable_windows(tmp_path, ends.min())
+    assert keep is not None
+    assert len(keep) == 3 * 71 - 1
+    assert ("sensor-000", round(judged_ends[5] * 1000)) not in keep
+    learned, learned_ends = normal_windows(readings, CHANNELS, 20, keep)
+    assert len(learned) == 3 * 71 - 1, "the flagged window and the 30 the log does not hold yet are left out"
+    assert learned_ends.max() == judged_ends.max()
 
 
 def test_gate_promotes_a_candidate_that_learned_the_new_regime(fleet, old_regime_detector) -> None:
