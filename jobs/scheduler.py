@@ -8,7 +8,9 @@ Policies:
 - **Missed runs** (scheduler down or busy past the time) are coalesced: at most one catch-up run, and
   only within ``misfire_grace_time`` (half the interval); older misses are dropped.
 - **Drift trigger.** A ``drift`` event on ``kafka.events_topic`` schedules one run ``debounce_s`` later;
-  further events before it starts join that run instead of adding runs.
+  further events before it starts join that run instead of adding runs, and so do events that arrive
+  while a run holds the lock: they were raised against the model that run is about to replace, and the
+  scorer resets its detectors when it swaps, so drift that outlives the new model is detected again.
 
 >>> import tempfile
 >>> from pathlib import Path
@@ -46,6 +48,16 @@ DRIFT_JOB = "retrain-on-drift"
 class RetrainLock:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+
+    def held(self) -> bool:
+        """True while a run (in this process or another) holds the lock.
+
+        The probe takes the lock for an instant: a run starting in that instant is skipped as if another
+        held it, and the probe answers False, so a caller that schedules a run when it is not held (as
+        :func:`request_drift_run` does) only delays it.
+        """
+        with self.hold() as acquired:
+            return not acquired
 
     @contextmanager
     def hold(self) -> Iterator[bool]:
@@ -113,8 +125,11 @@ def request_drift_run(
     reason: str,
     job: Callable[..., RetrainDecision] = retrain_once,
 ) -> bool:
-    """Schedule one run after the debounce delay; False if one is already pending (events coalesce)."""
+    """Schedule one run after the debounce delay; False if one is pending or running (events coalesce)."""
     if scheduler.get_job(DRIFT_JOB) is not None:
+        return False
+    if RetrainLock(config.data_dir / "retrain.lock").held():
+        log.info("drift event (%s) joins the retraining run in progress", reason)
         return False
     run_at = datetime.now(UTC) + timedelta(seconds=config.retrain.debounce_s)
     scheduler.add_job(

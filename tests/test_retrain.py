@@ -193,6 +193,10 @@ def test_schedule_and_drift_trigger_give_one_run(tmp_path: Path) -> None:
     try:
         assert request_drift_run(scheduler, config, "adwin on s1", job)
         assert not request_drift_run(scheduler, config, "adwin on s2", job), "events coalesce into the pending run"
+        scheduler.remove_job("retrain-on-drift")
+        with RetrainLock(config.data_dir / "retrain.lock").hold():
+            assert not request_drift_run(scheduler, config, "adwin on s3", job), "and join a run in progress"
+        assert request_drift_run(scheduler, config, "adwin on s4", job)
         scheduler.get_job("retrain-scheduled").modify(next_run_time=scheduler.get_job("retrain-on-drift").next_run_time)
         time.sleep(1.5)
     finally:
