@@ -154,6 +154,9 @@ class ScoringSettings(_Section):
 class DriftSettings(_Section):
     detector: Literal["adwin", "page_hinkley", "kswin"] = "adwin"
     fleet: bool = Field(True, description="Also watch the fleet-wide error stream.")
+    rising_only: bool = Field(
+        True, description="Report only changes that raise the error (a fall never calls for retraining)."
+    )
 
 
 class SinkSettings(_Section):

@@ -1,6 +1,12 @@
 """Drift detection on the reconstruction-error stream with River detectors, per sensor and fleet-wide.
 
-ADWIN (default), PageHinkley (``mode="up"``: only rising error matters) and KSWIN are selectable.
+ADWIN (default), PageHinkley (``mode="up"``) and KSWIN are selectable. **Only rising error is drift**
+(``rising_only``, the default): ADWIN and KSWIN test for any change, and a reconstruction error that
+*falls* (an anomaly ended, a calm phase) is a change too, but never a reason to retrain; in the demo such
+a fall was the one fleet-wide false alarm, and it started a retraining run on data from before the real
+drift. A change counts as rising when the mean of what the detector keeps after the cut (ADWIN's newer
+sub-window, KSWIN's recent sample) is above the mean it kept before.
+
 Each detection becomes a :class:`DriftEvent`. :meth:`DriftMonitor.reset` starts every detector afresh
 (``clone()``) and is called on every model swap, since the error stream of a new model is a new stream.
 
@@ -27,6 +33,15 @@ from river.base import DriftDetector
 
 DetectorName = Literal["adwin", "page_hinkley", "kswin"]
 FLEET = "__fleet__"
+
+
+def _kept_mean(detector: DriftDetector) -> float | None:
+    """Mean of the errors the detector keeps; None for PageHinkley, which only detects rises here."""
+    if isinstance(detector, drift.ADWIN):
+        return float(detector.estimation)
+    if isinstance(detector, drift.KSWIN):
+        return statistics.fmean(detector.window) if detector.window else None
+    return None
 
 
 def make_detector(name: DetectorName, seed: int = 0) -> DriftDetector:
@@ -65,8 +80,10 @@ class DriftMonitor:
         model_version: str = "",
         fleet: bool = True,
         fleet_max_age_s: float = 300.0,
+        rising_only: bool = True,
     ) -> None:
         self.detector_name: DetectorName = detector
+        self.rising_only = rising_only
         self.model_version = model_version
         self.fleet = fleet
         self.fleet_max_age_s = fleet_max_age_s
@@ -90,11 +107,15 @@ class DriftMonitor:
         detector = self._detectors.get(key)
         if detector is None:
             detector = self._detectors[key] = self._prototype.clone()
+        before = _kept_mean(detector)
         detector.update(error)
         count = self._counts[key] = self._counts.get(key, 0) + 1
         mean = self._means.get(key, error)
         self._means[key] = mean + (error - mean) / min(count, 100)  # ~last-100 running mean
-        return bool(detector.drift_detected)
+        if not detector.drift_detected:
+            return False
+        after = _kept_mean(detector)
+        return not self.rising_only or before is None or after is None or after > before
 
     def update(self, sensor_id: str, ts: float, error: float) -> list[DriftEvent]:
         """Feed one window error; return the drift events it triggered (sensor and/or fleet)."""

@@ -72,7 +72,9 @@ def build_loop(
         assembler,
         error_log,
         dead_letters,
-        drift=DriftMonitor(config.drift.detector, version, fleet=config.drift.fleet),
+        drift=DriftMonitor(
+            config.drift.detector, version, fleet=config.drift.fleet, rising_only=config.drift.rising_only
+        ),
         drift_events=DriftEventSink(config.error_log_dir),
         events=events,
         metrics=metrics,

@@ -31,3 +31,17 @@ def test_a_new_operating_point_on_every_sensor_is_fleet_drift_soon_after() -> No
     fleet = [e for e in stream(DriftMonitor("adwin"), errors) if e.scope == "fleet"]
     assert fleet
     assert 2000 <= fleet[0].ts < 2100
+
+
+def test_a_falling_error_is_not_drift_unless_asked() -> None:
+    rng = np.random.default_rng(2)
+    errors = rng.gamma(4.0, 0.025, size=(3000, 4))
+    errors[:1000] *= 3  # every sensor's error falls at t = 1000 (an episode ended, a calm phase began)
+
+    def fleet_events_after_the_fall(monitor: DriftMonitor) -> list:
+        return [e for e in stream(monitor, errors) if e.scope == "fleet" and 1000 <= e.ts < 1300]
+
+    for detector in ("adwin", "kswin"):
+        assert not fleet_events_after_the_fall(DriftMonitor(detector)), detector
+        assert fleet_events_after_the_fall(DriftMonitor(detector, rising_only=False)), f"{detector}, both ways"
+    assert not stream(DriftMonitor("adwin"), errors), "ADWIN sees no other change in this stream"
