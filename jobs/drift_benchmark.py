@@ -2,8 +2,9 @@
 gradually); the scorer streams it, River detects the drift, retraining runs in the background and the
 scorer hot-swaps the new model. As under the product's scheduler, every fleet-wide drift after the
 injected one asks for a run and events during a run join it, so a retrained model whose own error
-rises again (conditions its recent window did not cover) is retrained once more. Three policies side by side: never retrain, retrain on the recent window
-only, retrain on the recent window plus the replay buffer.
+rises again (conditions its recent window did not cover) is retrained once more. Three policies side
+by side: never retrain, retrain on the recent window only, retrain on the recent window plus the
+replay buffer.
 
 Everything runs in-process (an in-memory, rate-paced source stands in for the topic), so the figures
 measure the pipeline, not a broker: detection delay, false drift alarms per 10^5 windows before the
