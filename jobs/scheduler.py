@@ -8,7 +8,9 @@ Policies:
 - **Missed runs** (scheduler down or busy past the time) are coalesced: at most one catch-up run, and
   only within ``misfire_grace_time`` (half the interval); older misses are dropped.
 - **Drift trigger.** A ``drift`` event on ``kafka.events_topic`` schedules one run ``debounce_s`` later;
-  further events before it starts join that run instead of adding runs, and so do events that arrive
+  further events before it starts join that run instead of adding runs and move it to ``debounce_s``
+  after themselves (at most ``debounce_max_s`` after the first event), so a run after a gradual drift
+  learns the settled plant rather than the ramp; events that arrive
   while a run holds the lock: they were raised against the model that run is about to replace, and the
   scorer resets its detectors when it swaps, so drift that outlives the new model is detected again.
 
@@ -119,24 +121,45 @@ def build_scheduler(config: DriftlineConfig, job: Callable[..., RetrainDecision]
     return scheduler
 
 
+def _run_on_drift(
+    config: DriftlineConfig, trigger: str, job: Callable[..., RetrainDecision], first_event_at: datetime
+) -> RetrainDecision | None:
+    """The drift-triggered run; ``first_event_at`` (its first event) bounds how far later events delay it."""
+    return run_exclusive(config, trigger, job)
+
+
 def request_drift_run(
     scheduler: BackgroundScheduler,
     config: DriftlineConfig,
     reason: str,
     job: Callable[..., RetrainDecision] = retrain_once,
 ) -> bool:
-    """Schedule one run after the debounce delay; False if one is pending or running (events coalesce)."""
-    if scheduler.get_job(DRIFT_JOB) is not None:
+    """Schedule one run ``debounce_s`` after this event; False if one is pending or running (events coalesce).
+
+    An event for a pending run moves it to ``debounce_s`` after itself, at most ``debounce_max_s`` after
+    the run's first event: while the error keeps rising (a gradual drift, a ramp) the plant has not
+    settled, and data from the ramp teaches the model a state it is leaving.
+    """
+    settings = config.retrain
+    now = datetime.now(UTC)
+    pending = scheduler.get_job(DRIFT_JOB)
+    if pending is not None:
+        latest = pending.kwargs["first_event_at"] + timedelta(seconds=max(settings.debounce_max_s, settings.debounce_s))
+        run_at = min(now + timedelta(seconds=settings.debounce_s), latest)
+        if pending.next_run_time is not None and run_at > pending.next_run_time:
+            pending.reschedule("date", run_date=run_at)
+            log.info("drift event (%s): retraining moved to %s", reason, run_at.isoformat(timespec="seconds"))
         return False
     if RetrainLock(config.data_dir / "retrain.lock").held():
         log.info("drift event (%s) joins the retraining run in progress", reason)
         return False
-    run_at = datetime.now(UTC) + timedelta(seconds=config.retrain.debounce_s)
+    run_at = now + timedelta(seconds=settings.debounce_s)
     scheduler.add_job(
-        run_exclusive,
+        _run_on_drift,
         "date",
         run_date=run_at,
         args=[config, f"drift: {reason}", job],
+        kwargs={"first_event_at": now},
         id=DRIFT_JOB,
         max_instances=1,
         misfire_grace_time=None,

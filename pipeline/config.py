@@ -186,6 +186,9 @@ class RetrainSettings(_Section):
     cron: str | None = Field(None, description="Crontab schedule instead of the interval, e.g. '0 */4 * * *'.")
     on_drift: bool = Field(True, description="Also run when drift events arrive on kafka.events_topic.")
     debounce_s: float = Field(60.0, ge=0, description="Drift events within this delay fire one run.")
+    debounce_max_s: float = Field(
+        300.0, ge=0, description="Later events delay a pending run at most this long after its first event."
+    )
 
 
 class BenchmarkSettings(_Section):

@@ -128,6 +128,7 @@ def demo_config(config: DriftlineConfig, out_dir: Path, topic: str | None = None
                 "cron": None,
                 "on_drift": True,
                 "debounce_s": 8.0,  # wall seconds: ~600 s of post-drift stream at the demo's pace
+                "debounce_max_s": 16.0,
                 "epochs": min(config.retrain.epochs, 8),
             }
         ),

@@ -202,3 +202,22 @@ def test_schedule_and_drift_trigger_give_one_run(tmp_path: Path) -> None:
     finally:
         scheduler.shutdown(wait=True)
     assert len(runs) == 1, runs
+
+
+def test_drift_events_delay_a_pending_run_but_only_up_to_a_bound(tmp_path: Path) -> None:
+    config = load_config(overrides=[f"data_dir={tmp_path}", "retrain.debounce_s=10", "retrain.debounce_max_s=10.6"])
+    scheduler = build_scheduler(config)
+    scheduler.start()
+    try:
+        assert request_drift_run(scheduler, config, "adwin on the fleet")
+        first = scheduler.get_job("retrain-on-drift").next_run_time
+        time.sleep(0.4)
+        assert not request_drift_run(scheduler, config, "adwin on the fleet, still rising")
+        moved = scheduler.get_job("retrain-on-drift").next_run_time
+        assert 0.3 < (moved - first).total_seconds() < 0.6, "the run waits debounce_s after the latest event"
+        time.sleep(0.4)
+        assert not request_drift_run(scheduler, config, "adwin on the fleet, rising again")
+        bounded = scheduler.get_job("retrain-on-drift").next_run_time
+        assert abs((bounded - first).total_seconds() - 0.6) < 0.05, "but no later than debounce_max_s"
+    finally:
+        scheduler.shutdown(wait=False)
