@@ -2,9 +2,11 @@
 gradually); the scorer streams it, River detects the drift, retraining runs in the background and the
 scorer hot-swaps the new model. As under the product's scheduler, every fleet-wide drift after the
 injected one asks for a run and events during a run join it, so a retrained model whose own error
-rises again (conditions its recent window did not cover) is retrained once more. Three policies side
-by side: never retrain, retrain on the recent window only, retrain on the recent window plus the
-replay buffer.
+rises again (conditions its recent window did not cover) is retrained once more; and a run collects
+``recent_s`` of stream after the *last* event before it starts (at most ``2 * recent_s`` after the
+first), as ``retrain.debounce_s`` / ``debounce_max_s`` do, so it learns the settled plant, not a ramp.
+Three policies side by side: never retrain, retrain on the recent window only, retrain on the recent
+window plus the replay buffer.
 
 Everything runs in-process (an in-memory, rate-paced source stands in for the topic), so the figures
 measure the pipeline, not a broker: detection delay, false drift alarms per 10^5 windows before the
@@ -196,11 +198,15 @@ def run_policy(
     drift_ts = float(fleet["ts"].iloc[0]) + spec.drift.at_row
     replay = ReplayBuffer(20_000, 30, len(channels))  # holds the initial model's training windows
     replay.add(normal_windows(fleet[fleet.groupby("sensor_id").cumcount() < scenario.train_rows], channels, 30)[0])
-    state: dict[str, Any] = {"detected_ts": None, "outcomes": [], "worker": None}
+    state: dict[str, Any] = {"detected_ts": None, "last_event_ts": 0.0, "outcomes": [], "worker": None}
 
     def retrain_in_background(trigger_ts: float) -> None:
-        # collect `recent_s` of post-detection stream (or whatever is left of it) before fine-tuning
-        while loop.latest_event_ts < trigger_ts + recent_s and source.position < len(records):
+        # collect `recent_s` of stream after the last drift event (at most `2 * recent_s` after the first,
+        # or whatever is left of the stream) before fine-tuning
+        while source.position < len(records):
+            latest = loop.latest_event_ts
+            if latest >= state["last_event_ts"] + recent_s or latest >= trigger_ts + 2 * recent_s:
+                break
             time.sleep(0.05)
         now_ts = loop.latest_event_ts
         recent_frame = fleet[(fleet["ts"] > now_ts - recent_s) & (fleet["ts"] <= now_ts)]
@@ -229,6 +235,7 @@ def run_policy(
                 return
             if state["detected_ts"] is None:
                 state["detected_ts"] = event["ts"]
+            state["last_event_ts"] = event["ts"]
             busy = state["worker"] is not None and state["worker"].is_alive()
             if policy != "never" and not busy:
                 state["worker"] = threading.Thread(target=retrain_in_background, args=(event["ts"],), daemon=True)
