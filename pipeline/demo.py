@@ -5,7 +5,8 @@
 3. stream the rest through the real scoring loop (an in-memory paced source, or a Kafka topic when
    ``--kafka`` is given) at a fixed pace, writing the Parquet error log;
 4. River notices the drift; the fleet-wide drift event asks the real scheduler for a retraining run
-   (after ``retrain.debounce_s``, so some post-drift data exists); the job fine-tunes on recent normal
+   (``retrain.debounce_s`` after the last drift event while the error keeps rising, at most
+   ``retrain.debounce_max_s`` after the first, so post-drift data exists); the job fine-tunes on recent normal
    windows plus the replay buffer, gates the candidate and promotes it; the running loop hot-swaps it;
 5. print a summary checked against the injected ground truth and write the HTML report.
 
