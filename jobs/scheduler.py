@@ -10,9 +10,9 @@ Policies:
 - **Drift trigger.** A ``drift`` event on ``kafka.events_topic`` schedules one run ``debounce_s`` later;
   further events before it starts join that run instead of adding runs and move it to ``debounce_s``
   after themselves (at most ``debounce_max_s`` after the first event), so a run after a gradual drift
-  learns the settled plant rather than the ramp; events that arrive
-  while a run holds the lock: they were raised against the model that run is about to replace, and the
-  scorer resets its detectors when it swaps, so drift that outlives the new model is detected again.
+  learns the settled plant rather than the ramp. Events that arrive while a run holds the lock join
+  that run too: they were raised against the model that run is about to replace, and the scorer
+  resets its detectors when it swaps, so drift that outlives the new model is detected again.
 
 >>> import tempfile
 >>> from pathlib import Path
