@@ -196,10 +196,10 @@ def normal_windows(
     return np.stack(out).astype(np.float32), np.asarray(ends)
 
 
-def _mean_error(detector: AnomalyDetector, windows: np.ndarray) -> float | None:
-    if len(windows) == 0:
+def _mean_error(detector: AnomalyDetector, scaled_windows: np.ndarray) -> float | None:
+    if len(scaled_windows) == 0:
         return None
-    return float(reconstruction_errors(detector.model, detector.scaler.transform_windows(windows)).error.mean())
+    return float(reconstruction_errors(detector.model, scaled_windows).error.mean())
 
 
 def fine_tune_and_gate(
@@ -217,9 +217,14 @@ def fine_tune_and_gate(
     n = len(recent)
     if n < min_windows:
         return None, {"outcome": "skipped", "reason": f"only {n} recent normal windows (< {min_windows})"}
+    # every window is scaled once, here: the candidate keeps the current model's scaler, and scaling
+    # works window by window, so slices and concatenations of scaled windows are what scaling them gives
+    scale = current.scaler.transform_windows
+    scaled_recent = scale(recent)
+    replay_windows = scale(replay.windows) if replay is not None else np.empty((0, *recent.shape[1:]), np.float32)
     train_end, val_end = int(n * 0.6), int(n * 0.8)
-    recent_train, recent_val, recent_gate = recent[:train_end], recent[train_end:val_end], recent[val_end:]
-    replay_windows = replay.windows if replay is not None else np.empty((0, *recent.shape[1:]), np.float32)
+    recent_train, recent_val = scaled_recent[:train_end], scaled_recent[train_end:val_end]
+    recent_gate = scaled_recent[val_end:]
     cut = int(len(replay_windows) * 0.8)
     replay_train, replay_gate = replay_windows[:cut], replay_windows[cut:]
     n_replay = min(len(replay_train), int(len(recent_train) * replay_fraction))
@@ -231,8 +236,7 @@ def fine_tune_and_gate(
 
     candidate = copy.deepcopy(current)
     candidate.model.cpu()
-    scale = candidate.scaler.transform_windows
-    candidate.training = train_autoencoder(candidate.model, scale(train_set), training, val_windows=scale(recent_val))
+    candidate.training = train_autoencoder(candidate.model, train_set, training, val_windows=recent_val)
     metrics: dict[str, Any] = {
         "current_recent_error": _mean_error(current, recent_gate),
         "candidate_recent_error": _mean_error(candidate, recent_gate),
@@ -258,8 +262,7 @@ def fine_tune_and_gate(
         if len(replay_gate)
         else np.concatenate([recent_val, recent_gate])
     )
-    scaled_calibration = scale(calibration)
-    errors = reconstruction_errors(candidate.model, scaled_calibration).error
+    errors = reconstruction_errors(candidate.model, calibration).error
     margin = float(current.threshold.params.get("margin", 1.0))
     pooled = rule.fit(errors)
     candidate.threshold = pooled.with_margin(margin)
@@ -268,10 +271,10 @@ def fine_tune_and_gate(
         # the replay buffer tells which regimes the model must still serve: one threshold each
         known = current.regimes.regimes if current.regimes is not None else ()
         regimes = fit_regimes(
-            known, window_levels(scale(replay_windows)), window_levels(scale(recent)), min_windows=min_windows
+            known, window_levels(replay_windows), window_levels(scaled_recent), min_windows=min_windows
         )
         if len(regimes) > 1:
-            calibrated = regimes.calibrate(window_levels(scaled_calibration), errors, rule, pooled, min_windows)
+            calibrated = regimes.calibrate(window_levels(calibration), errors, rule, pooled, min_windows)
             candidate.regimes = calibrated.with_margin(margin)
     metrics |= {
         "outcome": "promoted",
