@@ -8,12 +8,14 @@ first), as ``retrain.debounce_s`` / ``debounce_max_s`` do, so it learns the sett
 Three policies side by side: never retrain, retrain on the recent window only, retrain on the recent
 window plus the replay buffer.
 
-Everything runs in-process (an in-memory, rate-paced source stands in for the topic), so the figures
-measure the pipeline, not a broker: detection delay, false drift alarms per 10^5 windows before the
-drift, anomaly F1 / false-alarm rate after the drift before and after the swap, old-regime F1 after
-retraining (forgetting; also under the initial threshold, which separates what the new weights forgot
-from what the recalibrated threshold moved), swap pause (time between the last batch on the old model
-and the first on the new one), and lost or duplicated windows.
+Everything runs in-process (an in-memory, rate-paced source stands in for the topic, 100 plant seconds
+per wall second; while a candidate is fine-tuned the plant runs at its real pace, one reading per sensor
+per second, so the seconds of CPU that fine-tuning takes are seconds of plant time as they would be
+live, not minutes), so the figures measure the pipeline, not a broker: detection delay, false drift
+alarms per 10^5 windows before the drift, anomaly F1 / false-alarm rate after the drift before and after
+the swap, old-regime F1 after retraining (forgetting; also under the initial threshold, which separates
+what the new weights forgot from what the recalibrated threshold moved), swap pause (time between the
+last batch on the old model and the first on the new one), and lost or duplicated windows.
 
 Forgetting is measured on a held-out old-regime fleet (:func:`held_out_old_regime`: unseen units of the
 same machine design, 64 labelled anomalies), not on the stream's few old-regime episodes. With several
@@ -193,6 +195,7 @@ def run_policy(
         for offset, (key, readings) in enumerate(batch_messages(fleet, channels))
     ]
     source = PacedSource(records, rate)
+    real_time_rate = float(scenario.sensors)  # records per wall second when one wall second is one plant second
 
     fleet["ts"] = epoch_seconds(fleet["timestamp"])
     drift_ts = float(fleet["ts"].iloc[0]) + spec.drift.at_row
@@ -208,6 +211,10 @@ def run_policy(
             if latest >= state["last_event_ts"] + recent_s or latest >= trigger_ts + 2 * recent_s:
                 break
             time.sleep(0.05)
+        # fine-tuning takes seconds of CPU; at the paced stream's speed that would be minutes of plant
+        # time served by the old model, so the plant runs at its real pace (one reading per sensor per
+        # second) until the candidate is published, and at full pace again for the swap
+        source.set_rate(real_time_rate)
         now_ts = loop.latest_event_ts
         recent_frame = fleet[(fleet["ts"] > now_ts - recent_s) & (fleet["ts"] <= now_ts)]
         keep = learnable_windows(work / "error_log", now_ts - recent_s)
@@ -226,6 +233,7 @@ def run_policy(
         state["outcomes"].append(metrics["outcome"] if promoted else f"{metrics['outcome']}: {metrics['reason']}")
         if candidate is not None:
             registry.publish(candidate, promote=True, reason=f"drift benchmark ({policy})")
+        source.set_rate(rate)
 
     class DriftTrigger:
         """As the scheduler does: a fleet-wide drift asks for a run; events while one runs join it."""

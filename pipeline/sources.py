@@ -204,20 +204,35 @@ class PacedSource:
     """In-memory records released at ``rate`` records per second of wall time (one partition).
 
     Stands in for a live topic in the demo and the drift benchmark: the stream arrives at a known pace
-    while retraining and hot-swaps happen beside it.
+    while retraining and hot-swaps happen beside it. :meth:`set_rate` changes the pace from then on.
+
+    >>> source = PacedSource([Record("t", 0, i, None, b"") for i in range(3)], rate=1000.0)
+    >>> len(source.poll(0.1, 10))  # the first record at once
+    1
+    >>> time.sleep(0.01); len(source.poll(0.1, 10))  # then 1,000 a second
+    2
     """
 
     def __init__(self, records: list[Record], rate: float) -> None:
         self.records = records
         self.rate = rate
         self.position = 0
-        self.started: float | None = None
+        self._released = 0.0  # records the pace has allowed so far, as of `_clock`
+        self._clock: float | None = None
+
+    def set_rate(self, rate: float) -> None:
+        """Release records at ``rate`` per second from now on (what was allowed stays allowed)."""
+        self._advance(time.perf_counter())
+        self.rate = rate
+
+    def _advance(self, now: float) -> None:
+        if self._clock is not None:
+            self._released += (now - self._clock) * self.rate
+        self._clock = now
 
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
-        now = time.perf_counter()
-        if self.started is None:
-            self.started = now
-        allowed = min(len(self.records), int((now - self.started) * self.rate) + 1)
+        self._advance(time.perf_counter())
+        allowed = min(len(self.records), int(self._released) + 1)
         if allowed <= self.position:
             time.sleep(min(timeout_s, 0.01))
             return []
