@@ -17,8 +17,11 @@ catastrophic (recent-only fine-tuning raised it 30x). The threshold is recalibra
 rule on the candidate's errors over held-out normal windows; when the recent windows lie in another
 operating regime than the replay buffer's, every regime gets its own threshold from its own held-out
 windows (:mod:`models.regimes`): the candidate reconstructs the regimes unequally well, and one
-threshold over both was set by the worse one. Every decision is a row in ``<error log>/retraining/``
-(Parquet).
+threshold over both was set by the worse one. A regime the recent windows do not fall in keeps the
+threshold the current model judged it by, scaled by the candidate's median error ratio on its held-out
+replay windows (:meth:`models.regimes.Regimes.carry_over`): re-estimating its tail quantile from the
+replay slice moved it by up to 2x where the model had not changed. Every decision is a row in
+``<error log>/retraining/`` (Parquet).
 """
 
 from __future__ import annotations
@@ -196,10 +199,12 @@ def normal_windows(
     return np.stack(out).astype(np.float32), np.asarray(ends)
 
 
-def _mean_error(detector: AnomalyDetector, scaled_windows: np.ndarray) -> float | None:
-    if len(scaled_windows) == 0:
-        return None
-    return float(reconstruction_errors(detector.model, scaled_windows).error.mean())
+def _errors(detector: AnomalyDetector, scaled_windows: np.ndarray) -> np.ndarray:
+    return reconstruction_errors(detector.model, scaled_windows).error if len(scaled_windows) else np.empty(0)
+
+
+def _mean(errors: np.ndarray) -> float | None:
+    return float(errors.mean()) if len(errors) else None
 
 
 def fine_tune_and_gate(
@@ -237,11 +242,12 @@ def fine_tune_and_gate(
     candidate = copy.deepcopy(current)
     candidate.model.cpu()
     candidate.training = train_autoencoder(candidate.model, train_set, training, val_windows=recent_val)
+    current_replay, candidate_replay = _errors(current, replay_gate), _errors(candidate, replay_gate)
     metrics: dict[str, Any] = {
-        "current_recent_error": _mean_error(current, recent_gate),
-        "candidate_recent_error": _mean_error(candidate, recent_gate),
-        "current_replay_error": _mean_error(current, replay_gate),
-        "candidate_replay_error": _mean_error(candidate, replay_gate),
+        "current_recent_error": _mean(_errors(current, recent_gate)),
+        "candidate_recent_error": _mean(_errors(candidate, recent_gate)),
+        "current_replay_error": _mean(current_replay),
+        "candidate_replay_error": _mean(candidate_replay),
         "replay_windows": int(n_replay),
     }
     worse_recent = metrics["candidate_recent_error"] > metrics["current_recent_error"] * (1 + tolerance)
@@ -275,7 +281,19 @@ def fine_tune_and_gate(
         )
         if len(regimes) > 1:
             calibrated = regimes.calibrate(window_levels(calibration), errors, rule, pooled, min_windows)
-            candidate.regimes = calibrated.with_margin(margin)
+            calibrated = calibrated.with_margin(margin)
+            # the regimes the recent windows do not fall in keep the thresholds they were judged by
+            recent_regimes = np.bincount(
+                calibrated.assign(window_levels(np.concatenate([recent_val, recent_gate]))), minlength=len(regimes)
+            )
+            candidate.regimes = calibrated.carry_over(
+                window_levels(replay_gate),
+                current.window_thresholds(replay_gate),
+                current_replay,
+                candidate_replay,
+                relearned=set(np.flatnonzero(recent_regimes >= min_windows).tolist()),
+                min_windows=min_windows,
+            )
     metrics |= {
         "outcome": "promoted",
         "reason": "no worse on recent and replay slices",
