@@ -64,6 +64,22 @@ def test_each_regime_is_calibrated_on_its_own_windows_and_too_few_fall_back() ->
         regimes.thresholds(levels)
 
 
+def test_regimes_retraining_did_not_relearn_keep_their_threshold_scaled_by_the_error_ratio() -> None:
+    regimes = fit_regimes([], OLD, NEW)
+    levels = np.concatenate([OLD, NEW])
+    errors = np.concatenate([RNG.exponential(0.1, len(OLD)), RNG.exponential(1.0, len(NEW))])
+    calibrated = regimes.calibrate(levels, errors, QuantileRule(0.99), Threshold(9.9, "quantile"))
+    old = int(regimes.assign(np.zeros((1, 3)))[0])
+    previous_errors = RNG.exponential(0.1, len(OLD))
+    carried = calibrated.carry_over(OLD, np.full(len(OLD), 0.4), previous_errors, 1.5 * previous_errors)
+    assert carried.regimes[old].threshold.value == pytest.approx(0.6)  # 0.4 x the median error ratio 1.5
+    assert carried.regimes[1 - old] is calibrated.regimes[1 - old]  # no held-out window of it: as calibrated
+    relearned = calibrated.carry_over(OLD, np.full(len(OLD), 0.4), previous_errors, errors[: len(OLD)], {old})
+    assert all(a is b for a, b in zip(relearned.regimes, calibrated.regimes, strict=True))
+    few = calibrated.carry_over(OLD[:50], np.full(50, 0.4), previous_errors[:50], previous_errors[:50])
+    assert all(a is b for a, b in zip(few.regimes, calibrated.regimes, strict=True))  # too few to judge by
+
+
 @pytest.fixture(scope="module")
 def two_regime_detector() -> AnomalyDetector:
     t = np.arange(1500.0)

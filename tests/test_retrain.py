@@ -128,6 +128,13 @@ def test_gate_promotes_a_candidate_that_learned_the_new_regime(fleet, old_regime
     assert np.bincount(old_regime).argmax() != np.bincount(new_regime).argmax()
     assert (old_regime == np.bincount(old_regime).argmax()).mean() > 0.95
     assert (new_regime == np.bincount(new_regime).argmax()).mean() > 0.95
+    # the old regime keeps the threshold it was judged by, scaled by how the candidate's error there moved
+    before = old_regime_detector.threshold.value
+    kept = candidate.regimes.regimes[np.bincount(old_regime).argmax()].threshold
+    assert kept.params["carried_from"] == pytest.approx(before)
+    assert kept.value == pytest.approx(before * kept.params["error_ratio"])
+    fresh = candidate.regimes.regimes[np.bincount(new_regime).argmax()].threshold
+    assert "carried_from" not in fresh.params
 
 
 def test_forgetting_guard_rejects_a_candidate_that_lost_the_old_regime(fleet, old_regime_detector) -> None:
