@@ -200,7 +200,9 @@ def normal_windows(
 
 
 def _errors(detector: AnomalyDetector, scaled_windows: np.ndarray) -> np.ndarray:
-    return reconstruction_errors(detector.model, scaled_windows).error if len(scaled_windows) else np.empty(0)
+    if len(scaled_windows) == 0:
+        return np.empty(0, dtype=np.float32)
+    return reconstruction_errors(detector.model, scaled_windows).error
 
 
 def _mean(errors: np.ndarray) -> float | None:
@@ -242,10 +244,11 @@ def fine_tune_and_gate(
     candidate = copy.deepcopy(current)
     candidate.model.cpu()
     candidate.training = train_autoencoder(candidate.model, train_set, training, val_windows=recent_val)
+    candidate_recent = _errors(candidate, recent_gate)
     current_replay, candidate_replay = _errors(current, replay_gate), _errors(candidate, replay_gate)
     metrics: dict[str, Any] = {
         "current_recent_error": _mean(_errors(current, recent_gate)),
-        "candidate_recent_error": _mean(_errors(candidate, recent_gate)),
+        "candidate_recent_error": _mean(candidate_recent),
         "current_replay_error": _mean(current_replay),
         "candidate_replay_error": _mean(candidate_replay),
         "replay_windows": int(n_replay),
@@ -263,12 +266,9 @@ def fine_tune_and_gate(
     assert current.threshold is not None
     params = {k: v for k, v in current.threshold.params.items() if k in ("q", "k", "risk", "initial_quantile")}
     rule = make_rule(current.threshold.rule, **params)
-    calibration = (
-        np.concatenate([recent_val, recent_gate, replay_gate])
-        if len(replay_gate)
-        else np.concatenate([recent_val, recent_gate])
-    )
-    errors = reconstruction_errors(candidate.model, calibration).error
+    # calibrated on every held-out normal window: the recent validation and gate slices, the replay gate
+    # slice (the candidate's errors on the gate slices were computed for the gate above)
+    errors = np.concatenate([_errors(candidate, recent_val), candidate_recent, candidate_replay])
     margin = float(current.threshold.params.get("margin", 1.0))
     pooled = rule.fit(errors)
     candidate.threshold = pooled.with_margin(margin)
@@ -280,14 +280,13 @@ def fine_tune_and_gate(
             known, window_levels(replay_windows), window_levels(scaled_recent), min_windows=min_windows
         )
         if len(regimes) > 1:
-            calibrated = regimes.calibrate(window_levels(calibration), errors, rule, pooled, min_windows)
-            calibrated = calibrated.with_margin(margin)
+            levels = window_levels(np.concatenate([recent_val, recent_gate, replay_gate]))  # as `errors`
+            held_out_recent = len(recent_val) + len(recent_gate)
+            calibrated = regimes.calibrate(levels, errors, rule, pooled, min_windows).with_margin(margin)
             # the regimes the recent windows do not fall in keep the thresholds they were judged by
-            recent_regimes = np.bincount(
-                calibrated.assign(window_levels(np.concatenate([recent_val, recent_gate]))), minlength=len(regimes)
-            )
+            recent_regimes = np.bincount(calibrated.assign(levels[:held_out_recent]), minlength=len(regimes))
             candidate.regimes = calibrated.carry_over(
-                window_levels(replay_gate),
+                levels[held_out_recent:],
                 current.window_thresholds(replay_gate),
                 current_replay,
                 candidate_replay,
