@@ -1,5 +1,6 @@
 """Training loop for the LSTM autoencoder: time-ordered validation split, early stopping, clipping,
-LR schedule on plateau, seeded determinism, AMP on CUDA, a progress bar, and fine-tuning.
+LR schedule on plateau, seeded determinism, AMP on CUDA, a progress bar, and fine-tuning (optionally
+with distillation towards the model as it was, so it forgets less of what it knew).
 
 >>> import numpy as np
 >>> from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
@@ -8,6 +9,10 @@ LR schedule on plateau, seeded determinism, AMP on CUDA, a progress bar, and fin
 >>> result = train_autoencoder(model, windows, TrainingConfig(epochs=2, progress=False))
 >>> len(result.history), result.device
 (2, 'cpu')
+>>> tuned = train_autoencoder(model, windows + 1, TrainingConfig(epochs=1, progress=False),
+...                           distillation=Distillation(windows, weight=3.0))  # keep what it did on `windows`
+>>> len(tuned.history)
+1
 """
 
 from __future__ import annotations
@@ -42,6 +47,21 @@ class TrainingResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Windows whose reconstructions fine-tuning should keep, and how much that weighs against the new data.
+
+    Each training step adds ``weight`` x the mean squared difference between the model's reconstruction
+    of a random batch of ``windows`` and the reconstruction the model gave *before* fine-tuning (the
+    teacher). Replaying old windows alone asks the model to reconstruct them well, which a model that
+    also learns a new regime does by reconstructing more of everything, old-regime anomalies included;
+    matching its former reconstructions keeps what made those anomalies stand out.
+    """
+
+    windows: np.ndarray
+    weight: float = 1.0
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -86,16 +106,41 @@ def _mean_loss(model: nn.Module, data: torch.Tensor, batch_size: int) -> float:
     return total / data.numel()
 
 
+def _teacher_reconstructions(
+    model: nn.Module, distillation: Distillation | None, device: torch.device, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """(windows, the model's reconstructions of them now, weight) on ``device``; None without distillation."""
+    if distillation is None or distillation.weight == 0 or len(distillation.windows) == 0:
+        return None
+    windows = torch.as_tensor(np.ascontiguousarray(distillation.windows), dtype=torch.float32, device=device)
+    model.eval()
+    with torch.no_grad():
+        targets = torch.cat([model(batch) for batch in _batches(windows, batch_size, None)])
+    return windows, targets, distillation.weight
+
+
+def _distillation_loss(
+    model: nn.Module, teacher: tuple[torch.Tensor, torch.Tensor, float], n: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Weighted MSE between the model's and the teacher's reconstructions of ``n`` random teacher windows."""
+    windows, targets, weight = teacher
+    pick = torch.randint(len(windows), (n,), generator=generator).to(windows.device)
+    return weight * nn.functional.mse_loss(model(windows[pick]), targets[pick])
+
+
 def train_autoencoder(
     model: nn.Module,
     windows: np.ndarray,
     config: TrainingConfig = TrainingConfig(),
     val_windows: np.ndarray | None = None,
+    distillation: Distillation | None = None,
 ) -> TrainingResult:
     """Fit ``model`` to reconstruct ``windows`` ``[n, window, channels]`` (already scaled, finite).
 
     Validation is the time-ordered tail of ``windows`` unless ``val_windows`` is given. The weights of
-    the best validation epoch are restored at the end. Passing an already-trained model fine-tunes it.
+    the best validation epoch are restored at the end. Passing an already-trained model fine-tunes it;
+    ``distillation`` then keeps its reconstructions of the given windows (see :class:`Distillation`).
+    Validation and early stopping judge reconstruction alone.
     """
     if not np.isfinite(windows).all():
         raise ValueError("training windows contain NaN/inf; drop them first (models.preprocessing.finite_windows)")
@@ -109,6 +154,7 @@ def train_autoencoder(
     val = torch.as_tensor(np.ascontiguousarray(val_np), dtype=torch.float32, device=device)
 
     model.to(device)
+    teacher = _teacher_reconstructions(model, distillation, device, config.batch_size * 4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_decay_patience)
     use_amp = config.amp and device.type == "cuda"
@@ -126,6 +172,8 @@ def train_autoencoder(
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, enabled=use_amp):
                 loss = nn.functional.mse_loss(model(batch), batch)
+                if teacher is not None:
+                    loss = loss + _distillation_loss(model, teacher, len(batch), generator)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
 from models.preprocessing import StandardScaler
 from models.scoring import reconstruction_errors
 from models.threshold import QuantileRule
-from models.training import TrainingConfig, split_in_time, train_autoencoder
+from models.training import Distillation, TrainingConfig, split_in_time, train_autoencoder
 
 FAST = TrainingConfig(epochs=25, batch_size=32, patience=25, progress=False)
 
@@ -61,6 +63,23 @@ def test_training_is_deterministic_for_a_seed() -> None:
             [h["val_loss"] for h in train_autoencoder(model, windows, TrainingConfig(epochs=3, progress=False)).history]
         )
     assert losses[0] == losses[1]
+
+
+def test_distillation_keeps_the_reconstructions_of_old_windows_while_fine_tuning_on_new_ones() -> None:
+    scaler = StandardScaler.fit(multichannel_signal())
+    old = np.lib.stride_tricks.sliding_window_view(scaler.transform(multichannel_signal()), 25, axis=0)
+    old = np.ascontiguousarray(old.transpose(0, 2, 1), dtype=np.float32)
+    new = old[:, :, ::-1] * 1.5 + 2.0  # another operating point: channels swapped, scaled, offset
+    model = LSTMAutoencoder(LSTMAEConfig(n_channels=3, window=25, hidden_size=16, latent_size=4))
+    train_autoencoder(model, old, FAST)
+    before = reconstruction_errors(model, old).error.mean()
+    errors = {}
+    for name, distillation in {"plain": None, "distilled": Distillation(old[::4], weight=3.0)}.items():
+        tuned = copy.deepcopy(model)
+        train_autoencoder(tuned, new, TrainingConfig(epochs=5, progress=False), distillation=distillation)
+        errors[name] = reconstruction_errors(tuned, old).error.mean()
+    assert errors["distilled"] < 0.5 * errors["plain"], errors
+    assert errors["distilled"] < 3 * before, (errors, before)
 
 
 def test_time_split_keeps_validation_after_training_without_overlap() -> None:
