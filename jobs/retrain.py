@@ -13,7 +13,10 @@ model's by more than ``tolerance`` (relative) on the held-out recent slice *and*
 ``replay_tolerance`` on the held-out replay windows (the catastrophic-forgetting guard). The second bound
 is looser on purpose: one model that covers an old and a new regime cannot match a specialist of the
 old one (fine-tuning with replay raised old-regime error 1.1-1.4x in our tests), while forgetting is
-catastrophic (recent-only fine-tuning raised it 30x). The threshold is recalibrated with the current model's
+catastrophic (recent-only fine-tuning raised it 30x). Fine-tuning also *distils*: besides reconstructing
+the replayed windows, the candidate is pulled towards the current model's reconstructions of them
+(``distill_weight``, :class:`models.training.Distillation`), which kept the worst old-regime F1 loss of
+the retrained weights lower offline. The threshold is recalibrated with the current model's
 rule on the candidate's errors over held-out normal windows; when the recent windows lie in another
 operating regime than the replay buffer's, every regime gets its own threshold from its own held-out
 windows (:mod:`models.regimes`): the candidate reconstructs the regimes unequally well, and one
@@ -47,7 +50,7 @@ from models.regimes import fit_regimes, window_levels
 from models.registry import ModelRegistry
 from models.scoring import reconstruction_errors
 from models.threshold import make_rule
-from models.training import TrainingConfig, train_autoencoder
+from models.training import Distillation, TrainingConfig, train_autoencoder
 from pipeline.config import DriftlineConfig, KafkaSettings
 from pipeline.messages import decode_message
 from pipeline.sinks import write_parquet_atomically
@@ -219,8 +222,13 @@ def fine_tune_and_gate(
     tolerance: float = 0.05,
     replay_tolerance: float = 0.5,
     min_windows: int = 200,
+    distill_weight: float = 3.0,
 ) -> tuple[AnomalyDetector | None, dict[str, Any]]:
-    """The pure core of the job: returns (candidate if it passed the gate else None, metrics and reason)."""
+    """The pure core of the job: returns (candidate if it passed the gate else None, metrics and reason).
+
+    With replay, the candidate is also distilled towards the current model's reconstructions of the
+    replay windows it trains on (``distill_weight``, 0 = off; see :class:`models.training.Distillation`).
+    """
     n = len(recent)
     if n < min_windows:
         return None, {"outcome": "skipped", "reason": f"only {n} recent normal windows (< {min_windows})"}
@@ -235,15 +243,15 @@ def fine_tune_and_gate(
     cut = int(len(replay_windows) * 0.8)
     replay_train, replay_gate = replay_windows[:cut], replay_windows[cut:]
     n_replay = min(len(replay_train), int(len(recent_train) * replay_fraction))
-    if n_replay:
-        chosen = np.random.default_rng(training.seed).choice(len(replay_train), n_replay, replace=False)
-        train_set = np.concatenate([recent_train, replay_train[np.sort(chosen)]])
-    else:
-        train_set = recent_train
+    replayed = replay_train[np.sort(np.random.default_rng(training.seed).choice(len(replay_train), n_replay, False))]
+    train_set = np.concatenate([recent_train, replayed])
+    distillation = Distillation(replayed, distill_weight) if n_replay and distill_weight > 0 else None
 
     candidate = copy.deepcopy(current)
     candidate.model.cpu()
-    candidate.training = train_autoencoder(candidate.model, train_set, training, val_windows=recent_val)
+    candidate.training = train_autoencoder(
+        candidate.model, train_set, training, val_windows=recent_val, distillation=distillation
+    )
     candidate_recent = _errors(candidate, recent_gate)
     current_replay, candidate_replay = _errors(current, replay_gate), _errors(candidate, replay_gate)
     metrics: dict[str, Any] = {
@@ -355,6 +363,7 @@ def retrain_once(
         tolerance=settings.tolerance,
         replay_tolerance=settings.replay_tolerance,
         min_windows=settings.min_windows,
+        distill_weight=settings.distill_weight,
     )
     candidate_version = None
     if candidate is not None:

@@ -181,6 +181,9 @@ class RetrainSettings(_Section):
     replay_tolerance: float = Field(
         0.5, ge=0, description="Forgetting guard: relative rise of error allowed on held-out replay windows."
     )
+    distill_weight: float = Field(
+        3.0, ge=0, description="Weight of keeping the current model's reconstructions of replayed windows (0 = off)."
+    )
     min_windows: int = Field(200, ge=1, description="Skip the run with fewer recent normal windows.")
     interval_minutes: float | None = Field(60.0, gt=0, description="Run every N minutes (None: off).")
     cron: str | None = Field(None, description="Crontab schedule instead of the interval, e.g. '0 */4 * * *'.")
