@@ -243,7 +243,8 @@ def fine_tune_and_gate(
     cut = int(len(replay_windows) * 0.8)
     replay_train, replay_gate = replay_windows[:cut], replay_windows[cut:]
     n_replay = min(len(replay_train), int(len(recent_train) * replay_fraction))
-    replayed = replay_train[np.sort(np.random.default_rng(training.seed).choice(len(replay_train), n_replay, False))]
+    chosen = np.random.default_rng(training.seed).choice(len(replay_train), n_replay, replace=False)
+    replayed = replay_train[np.sort(chosen)]
     train_set = np.concatenate([recent_train, replayed])
     distillation = Distillation(replayed, distill_weight) if n_replay and distill_weight > 0 else None
 
