@@ -204,14 +204,15 @@ def run_policy(
     replay.add(normal_windows(fleet[fleet.groupby("sensor_id").cumcount() < scenario.train_rows], channels, 30)[0])
     state: dict[str, Any] = {"detected_ts": None, "last_event_ts": 0.0, "outcomes": [], "worker": None}
 
+    def wait_for_stream(reached: Any) -> None:
+        """Wait until ``reached(plant time scored so far)`` holds, or until the stream has all been served."""
+        while source.position < len(records) and not reached(loop.latest_event_ts):
+            time.sleep(0.01)
+
     def retrain_in_background(trigger_ts: float) -> None:
         # collect `recent_s` of stream after the last drift event (at most `2 * recent_s` after the first,
         # or whatever is left of the stream) before fine-tuning
-        while source.position < len(records):
-            latest = loop.latest_event_ts
-            if latest >= state["last_event_ts"] + recent_s or latest >= trigger_ts + 2 * recent_s:
-                break
-            time.sleep(0.05)
+        wait_for_stream(lambda ts: ts >= min(state["last_event_ts"] + recent_s, trigger_ts + 2 * recent_s))
         # fine-tuning takes seconds of CPU; at the paced stream's speed that would be minutes of plant
         # time served by the old model, so the plant runs at its real pace (one reading per sensor per
         # second) until the candidate is published, and at full pace again for the swap
@@ -237,8 +238,7 @@ def run_policy(
             # publish once batches flow at full pace again: at the real pace the loop scores a batch of one
             # reading every ~250 ms, and a swap landing there measured that idle gap as the swap pause
             resumed_ts = loop.latest_event_ts
-            while loop.latest_event_ts < resumed_ts + 5 and source.position < len(records):
-                time.sleep(0.01)
+            wait_for_stream(lambda ts: ts >= resumed_ts + 5)
             registry.publish(candidate, promote=True, reason=f"drift benchmark ({policy})")
 
     class DriftTrigger:
@@ -466,7 +466,7 @@ def headline(results: list[PolicyResult]) -> dict[str, float | int | None]:
         "old_regime_f1_drop_rel_weights_only": rounded(worst_mean(lambda r: r.old_regime_f1_drop_rel_weights_only), 4),
         "old_regime_f1_drop_rel_recent_only": rounded(worst_mean(drop, recent), 4),
         "seeds": len({r.seed for r in results}),
-        "swap_pause_ms": round(max(pauses), 2) if pauses else None,
+        "swap_pause_ms": rounded(max(pauses, default=None), 2),
         "lost_windows": sum(r.lost_windows for r in results),
         "duplicate_windows": sum(r.duplicate_windows for r in results),
         "detection_delay_s": max((r.detection_delay_s or 0) for r in replay) if replay else None,

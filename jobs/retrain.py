@@ -246,12 +246,15 @@ def fine_tune_and_gate(
     chosen = np.random.default_rng(training.seed).choice(len(replay_train), n_replay, replace=False)
     replayed = replay_train[np.sort(chosen)]
     train_set = np.concatenate([recent_train, replayed])
-    distillation = Distillation(replayed, distill_weight) if n_replay and distill_weight > 0 else None
 
     candidate = copy.deepcopy(current)
     candidate.model.cpu()
     candidate.training = train_autoencoder(
-        candidate.model, train_set, training, val_windows=recent_val, distillation=distillation
+        candidate.model,
+        train_set,
+        training,
+        val_windows=recent_val,
+        distillation=Distillation(replayed, distill_weight),
     )
     candidate_recent = _errors(candidate, recent_gate)
     current_replay, candidate_replay = _errors(current, replay_gate), _errors(candidate, replay_gate)
