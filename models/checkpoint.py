@@ -24,6 +24,7 @@ True
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -139,7 +140,12 @@ def save_checkpoint(
         for item in (weights, staging / META_FILE):
             with item.open("rb") as handle:
                 os.fsync(handle.fileno())
-        os.rename(staging, path)
+        try:
+            os.rename(staging, path)
+        except OSError as error:  # another writer renamed its checkpoint to the same name first
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(f"checkpoint {path} already exists; checkpoints are immutable") from error
+            raise
         _fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -65,13 +65,22 @@ class ModelRegistry:
 
     # -- reading -----------------------------------------------------------------------------
     def _pointer(self) -> dict[str, Any]:
+        """The parsed pointer file; anything malformed is a :class:`RegistryError` that says what is wrong."""
+        where = self.root / POINTER_FILE
         try:
-            pointer = json.loads((self.root / POINTER_FILE).read_text())
+            pointer = json.loads(where.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             return {"current": None, "history": []}
-        except json.JSONDecodeError as error:
-            raise RegistryError(f"{self.root / POINTER_FILE} is corrupt ({error}); fix or remove it") from None
-        return {"current": pointer.get("current"), "history": list(pointer.get("history", []))}
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
+            raise RegistryError(f"{where} is corrupt ({type(error).__name__}: {error}); fix or remove it") from None
+        if not isinstance(pointer, dict):
+            raise RegistryError(f"{where} holds a {type(pointer).__name__}, not an object; fix or remove it")
+        current, history = pointer.get("current"), pointer.get("history", [])
+        if current is not None and not (isinstance(current, str) and VERSION_PATTERN.match(current)):
+            raise RegistryError(f"{where}: 'current' is {str(current)[:40]!r}, not a version name like v000003")
+        if not isinstance(history, list) or not all(isinstance(v, str) and VERSION_PATTERN.match(v) for v in history):
+            raise RegistryError(f"{where}: 'history' must be a list of version names")
+        return {"current": current, "history": list(history)}
 
     def current_version(self) -> str | None:
         return self._pointer()["current"]
@@ -131,7 +140,7 @@ class ModelRegistry:
         reason: str = "",
     ) -> str:
         """Write ``detector`` as a new immutable version; optionally make it current."""
-        for _ in range(5):  # another writer may take the same number; directories are created atomically
+        for _ in range(50):  # another writer may take the same number; the rename into place decides who wins
             version = self._next_version()
             try:
                 save_checkpoint(

@@ -105,9 +105,13 @@ def kafka_fetch(app: _AppContext) -> None:
 
 
 @kafka.command("up")
+@click.option("--fresh", is_flag=True, help="Wipe the broker's storage first (every topic and committed offset).")
 @pass_app
-def kafka_up(app: _AppContext) -> None:
-    """Start the broker in the background on local_kafka.port and print its bootstrap address."""
+def kafka_up(app: _AppContext, fresh: bool) -> None:
+    """Start the broker in the background on local_kafka.port and print its bootstrap address.
+
+    The broker's storage is kept across restarts (topics, messages, committed offsets) unless --fresh.
+    """
     from pipeline.local_kafka import (
         BrokerState,
         LocalKafkaBroker,
@@ -125,13 +129,14 @@ def kafka_up(app: _AppContext) -> None:
     try:
         libs = fetch_kafka_jars(settings.cache_dir)
         broker = LocalKafkaBroker(libs, state_file.parent / "broker", port=settings.port, heap=settings.heap)
-        broker.start(settings.start_timeout_s, detach=True)
+        kept = not fresh and broker.has_storage()
+        broker.start(settings.start_timeout_s, detach=True, fresh=fresh)
     except LocalKafkaError as error:
         raise click.ClickException(str(error)) from None
     broker.state().write(state_file)
     click.echo(
         f"Apache Kafka {broker.version} running at {broker.bootstrap_servers} (pid {broker.state().pid}); "
-        f"log: {broker.log_file}\n"
+        f"{'storage kept' if kept else 'fresh storage'} in {broker.work_dir}; log: {broker.log_file}\n"
         f"use it with: export DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap_servers}"
     )
 
@@ -551,6 +556,8 @@ def serve(
 ) -> None:
     """Run the streaming scorer: consume readings, score windows, write the Parquet error log."""
     from models.registry import RegistryError
+    from pipeline.durability import EXIT_BROKER_UNAVAILABLE, EXIT_WRITE_OUTAGE, WriteOutageError
+    from pipeline.service import BrokerUnavailableError
     from pipeline.service import serve as run_service
 
     config = app.config
@@ -565,6 +572,12 @@ def serve(
         stats = run_service(config, max_messages=max_messages, timeout_s=timeout_s, idle_timeout_s=idle_timeout_s)
     except RegistryError as error:
         raise click.ClickException(str(error)) from None
+    except BrokerUnavailableError as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(EXIT_BROKER_UNAVAILABLE)
+    except WriteOutageError as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(EXIT_WRITE_OUTAGE)
     click.echo(
         f"stopped: {stats.messages:,} messages, {stats.readings:,} readings, {stats.windows:,} windows scored, "
         f"{stats.anomalies:,} anomalous, {stats.dead_letters:,} dead letters, {stats.drift_events:,} drift events, "

@@ -18,6 +18,7 @@ This module never reads ``os.environ`` itself: the CLI passes the environment in
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,6 +34,8 @@ ENV_NESTING = "__"
 # Environment variables with the prefix that are about *where* the config lives, not config keys.
 ENV_RESERVED = frozenset({"DRIFTLINE_CONFIG"})
 MASK = "********"
+# keys whose values never appear in messages, even when they are invalid
+_SECRET_KEY = re.compile(r"password|secret|token", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -59,6 +62,9 @@ class KafkaSettings(_Section):
     ssl_cafile: Path | None = None
     max_poll_records: int = Field(2000, gt=0, description="Upper bound on readings per micro-batch poll.")
     session_timeout_ms: int = Field(30_000, gt=0)
+    connect_timeout_s: float = Field(
+        60.0, ge=0, description="At start, keep retrying an unreachable broker this long before exiting (code 69)."
+    )
 
     @field_validator("topics", mode="before")
     @classmethod
@@ -149,6 +155,35 @@ class ScoringSettings(_Section):
     max_message_bytes: int = Field(1_000_000, gt=0, description="Bigger messages are dead-lettered.")
     allowed_sensors: list[str] | None = Field(None, description="Whitelist; others are dead-lettered.")
     pipelined: bool = Field(True, description="Score on a second thread while the next batch is decoded.")
+    min_ts: str = Field(
+        "2000-01-01T00:00:00Z", description="Readings stamped earlier are dead-lettered (ts_out_of_range)."
+    )
+    max_future_skew_s: float = Field(
+        3600.0, gt=0, description="Readings stamped further ahead of the wall clock are dead-lettered."
+    )
+    stop_timeout_s: float = Field(
+        10.0, gt=0, description="After SIGTERM/SIGINT, exit within this long whatever the broker does (code 75)."
+    )
+
+    @field_validator("min_ts")
+    @classmethod
+    def _iso_with_zone(cls, value: str) -> str:
+        from datetime import datetime
+
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as error:
+            raise ValueError(f"not an ISO-8601 time ({error})") from None
+        if parsed.tzinfo is None:
+            raise ValueError("needs a time zone, e.g. 2000-01-01T00:00:00Z")
+        return value
+
+    @property
+    def min_epoch_s(self) -> float:
+        """``min_ts`` in epoch seconds."""
+        from datetime import datetime
+
+        return datetime.fromisoformat(self.min_ts.replace("Z", "+00:00")).timestamp()
 
 
 class DriftSettings(_Section):
@@ -163,11 +198,17 @@ class SinkSettings(_Section):
     error_log_dir: Path | None = Field(None, description="Parquet error log; default <data_dir>/error_log.")
     roll_rows: int = Field(50_000, ge=1, description="Write a part (then commit) at this many rows...")
     roll_seconds: float = Field(5.0, gt=0, description="...or when the oldest buffered row is this old.")
+    max_write_outage_s: float = Field(
+        600.0, gt=0, description="Retry failing durable writes (disk full, broker away) this long, then exit (code 74)."
+    )
 
 
 class MetricsSettings(_Section):
-    port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port; 0 turns it off.")
-    address: str = "0.0.0.0"
+    port: int = Field(9108, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz; 0 turns it off.")
+    address: str = Field(
+        "127.0.0.1", description="Bind address; no authentication, so 0.0.0.0 only behind a network policy."
+    )
+    ready_commit_age_s: float = Field(60.0, gt=0, description="/readyz fails when work waits uncommitted this long.")
 
 
 class RetrainSettings(_Section):
@@ -295,7 +336,8 @@ def _override_layers(overrides: Iterable[str]) -> list[tuple[str, dict[str, Any]
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. kafka.group_id=plant-7")
-        layers.append((f"--set {item}", _nest(key.strip().split("."), _parse_scalar(raw))))
+        shown = f"{key.strip()}={MASK}" if _SECRET_KEY.search(key) else item
+        layers.append((f"--set {shown}", _nest(key.strip().split("."), _parse_scalar(raw))))
     return layers
 
 
@@ -331,7 +373,8 @@ def _describe(error: ValidationError, origins: Mapping[tuple[str, ...], str]) ->
         key = ".".join(loc) or "<root>"
         unknown = item["type"] in ("extra_forbidden", "unexpected_keyword_argument")
         reason = "unknown key" if unknown else item["msg"]
-        lines.append(f"  {key}: {reason} (input {item.get('input')!r}, from {source})")
+        shown = MASK if _SECRET_KEY.search(key) else repr(item.get("input"))
+        lines.append(f"  {key}: {reason} (input {shown}, from {source})")
     return "\n".join(lines)
 
 

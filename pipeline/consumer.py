@@ -42,6 +42,7 @@ from kafka.errors import KafkaError
 
 from models.detector import AnomalyDetector
 from pipeline.drift import DriftMonitor
+from pipeline.durability import RetryPolicy
 from pipeline.messages import decode_message
 from pipeline.metrics import ScoringMetrics
 from pipeline.scorer import ScoredBatch, WindowScorer
@@ -83,6 +84,11 @@ class LoopSettings:
     lag_every_s: float = 5.0
     pipelined: bool = True  # decode/window on the consumer thread, score/write on a scorer thread
     max_inflight_batches: int = 2  # batches queued for the scorer before the consumer waits
+    min_ts: float = 946_684_800.0  # 2000-01-01: older readings are dead-lettered (ts_out_of_range)
+    max_future_skew_s: float = 3600.0  # readings further ahead of the wall clock are dead-lettered
+    write_retry: RetryPolicy = RetryPolicy()  # disk full, I/O or broker errors on durable writes
+    liveness_s: float = 120.0  # /healthz fails when the loop has not iterated for this long
+    ready_commit_age_s: float = 60.0  # /readyz fails when work waits uncommitted for longer than this
 
 
 class ScoringLoop:
@@ -117,6 +123,7 @@ class ScoringLoop:
         self._processed: dict[TopicPartitionKey, int] = {}
         self._stop = False
         self._latest_ts = 0.0
+        self._event_clock = EventClock()
         self._last_activity = time.monotonic()
         # the scorer stage (None: score on the calling thread) and what was handed to it
         self._worker: ThreadPoolExecutor | None = None
@@ -127,6 +134,9 @@ class ScoringLoop:
         self._last_checkpoint = time.monotonic()
         self._last_scored: tuple[float, str] | None = None  # (perf_counter, model version) of the last batch
         self._failed = False  # after a failure nothing more is committed: the next start redoes the rest
+        self._running = False
+        self._last_iteration = time.monotonic()
+        self._last_commit: float | None = None
         self.metrics.set_model_version(scorer.model_version)
 
     # -- control ---------------------------------------------------------------------------
@@ -138,6 +148,35 @@ class ScoringLoop:
     def latest_event_ts(self) -> float:
         """Newest reading timestamp seen so far (event time, epoch seconds)."""
         return self._latest_ts
+
+    def liveness(self) -> dict[str, Any]:
+        """What ``/healthz`` reports: the loop runs, has not failed and iterated within ``liveness_s``."""
+        age = time.monotonic() - self._last_iteration
+        ok = self._running and not self._failed and age < self.settings.liveness_s
+        return {"ok": ok, "running": self._running, "failed": self._failed, "last_iteration_age_s": round(age, 3)}
+
+    def readiness(self) -> dict[str, Any]:
+        """What ``/readyz`` reports: assigned partitions, a live model watcher, commits keeping up."""
+        now = time.monotonic()
+        commit_age = None if self._last_commit is None else now - self._last_commit
+        waiting = bool(self._uncheckpointed or self._checkpoints)
+        since = self._last_commit if self._last_commit is not None else self._last_activity
+        checks = {
+            "alive": self.liveness()["ok"],
+            "assigned": bool(self._emit_from),
+            "watcher_alive": self.watcher is None or bool(getattr(self.watcher, "alive", True)),
+            "committing": not waiting or now - since < self.settings.ready_commit_age_s,
+        }
+        return {
+            "ok": all(checks.values()),
+            **checks,
+            "last_commit_age_s": None if commit_age is None else round(commit_age, 3),
+            "partitions": len(self._emit_from),
+        }
+
+    def _ts_range(self) -> tuple[float, float]:
+        """Timestamps accepted now: from ``min_ts`` to the wall clock plus ``max_future_skew_s``."""
+        return self.settings.min_ts, time.time() + self.settings.max_future_skew_s
 
     def swap_model(self, detector: AnomalyDetector, version: str) -> None:
         """Replace the serving model between micro-batches; drift detectors start afresh.
@@ -213,8 +252,10 @@ class ScoringLoop:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-scorer")
         if self.watcher is not None:
             self.watcher.start()
+        self._running = True
         try:
             while not self._stop:
+                self._last_iteration = time.monotonic()
                 if self._failed:
                     raise RuntimeError("the scorer failed (see the error above); stopping without committing")
                 if self.before_batch is not None:
@@ -242,6 +283,7 @@ class ScoringLoop:
             log.error("scoring loop failed; committing nothing more (the next start resumes from the last commit)")
             raise
         finally:
+            self._running = False
             if self.watcher is not None:
                 self.watcher.stop()
             try:
@@ -266,6 +308,7 @@ class ScoringLoop:
         windows: list[Window] = []
         live_messages = live_readings = 0
         late_before = self.assembler.stats.late + self.assembler.stats.duplicates
+        ts_range = self._ts_range()
         for record in records:
             tp = (record.topic, record.partition)
             emit_from = self._emit_from.setdefault(tp, 0)
@@ -276,14 +319,16 @@ class ScoringLoop:
                 channels,
                 max_bytes=self.settings.max_message_bytes,
                 allowed_sensors=self.settings.allowed_sensors,
+                ts_range=ts_range,
             )
             if live:
                 live_messages += 1
                 for rejection in decoded.rejections:
-                    self._dead_letter(record, rejection.reason)
+                    self._dead_letter(record, rejection.code, rejection.reason)
             for reading in decoded.readings:
                 if reading.ts > self._latest_ts:
                     self._latest_ts = reading.ts
+                self._event_clock.observe(reading.ts)
                 position = (record.topic, record.partition, record.offset)
                 for window in self.assembler.add(reading.sensor_id, reading.ts, reading.values, position):
                     if window.end_position[2] >= emit_from:
@@ -299,7 +344,15 @@ class ScoringLoop:
         late = self.assembler.stats.late + self.assembler.stats.duplicates - late_before
         if late:
             self.metrics.late_readings.inc(late)
-        self.assembler.evict_idle(self._latest_ts)
+        evicted = self.assembler.evict_idle(self._event_clock.now())
+        if evicted:
+            self.metrics.evicted_sensors.inc(len(evicted))
+            log.info(
+                "forgot %d sensor(s) idle for over %.0f s of event time, e.g. %s",
+                len(evicted),
+                self.assembler.idle_ttl_s,
+                evicted[:3],
+            )
         return windows
 
     def _score_and_buffer(self, windows: list[Window], started: float) -> ScoredBatch:
@@ -357,13 +410,13 @@ class ScoringLoop:
             self._result(self._checkpoints.popleft())
 
     # -- durability and commits ------------------------------------------------------------------
-    def _dead_letter(self, record: Record, reason: str) -> None:
-        log.warning("dead letter %s-%d@%d: %s", record.topic, record.partition, record.offset, reason)
+    def _dead_letter(self, record: Record, code: str, reason: str) -> None:
+        log.warning("dead letter %s-%d@%d [%s]: %s", record.topic, record.partition, record.offset, code, reason)
         self.dead_letters.send(
-            DeadLetter(reason, record.topic, record.partition, record.offset, record.key, record.value)
+            DeadLetter(reason, record.topic, record.partition, record.offset, record.key, record.value, code=code)
         )
         self.stats.dead_letters += 1
-        self.metrics.dead_letters.labels(reason=reason.split(":")[-1].strip()[:40]).inc()
+        self.metrics.dead_letters.labels(reason=code).inc()  # a closed set: REJECTION_CODES
 
     def _update_drift(self, scored: ScoredBatch) -> np.ndarray:
         flags = np.zeros(len(scored.windows), dtype=bool)
@@ -398,13 +451,21 @@ class ScoringLoop:
             for tp, offset in self._processed.items()
         }
 
+    def _durably(self, write: Callable[[], Any], sink: str) -> None:
+        """Run ``write`` under the retry policy: a failing disk or broker is waited out, never skipped."""
+
+        def count(error: BaseException) -> None:
+            self.metrics.write_failures.labels(sink=sink).inc()
+
+        self.settings.write_retry.run(write, sink, on_failure=count)
+
     def _make_durable(self, offsets: CommitOffsets) -> CommitOffsets:
-        """Scorer stage: write every buffered row, drift event and event durably."""
-        self.error_log.flush()
+        """Scorer stage: write every buffered row, drift event and event durably (retrying through faults)."""
+        self._durably(self.error_log.flush, "error_log")
         if self.drift_events is not None:
-            self.drift_events.flush()
+            self._durably(self.drift_events.flush, "drift_events")
         if self.events is not None:
-            self.events.flush()
+            self._durably(self.events.flush, "events")
         return offsets
 
     def _request_checkpoint(self) -> None:
@@ -436,7 +497,7 @@ class ScoringLoop:
         """Flush dead letters (consumer thread), then commit ``offsets``, whose results are durable."""
         if self._failed:  # e.g. a scorer failure seen inside a rebalance callback: the next start redoes it
             raise RuntimeError("the scorer failed earlier; refusing to commit offsets past unwritten windows")
-        self.dead_letters.flush()
+        self._durably(self.dead_letters.flush, "dead_letters")
         if self.source is None or not offsets:
             return
         try:
@@ -446,6 +507,7 @@ class ScoringLoop:
             self._uncheckpointed += 1
             return
         self.stats.commits += 1
+        self._last_commit = time.monotonic()
         self.metrics.commits.inc()
         self.metrics.flush_latency.observe(time.perf_counter() - started)
 
@@ -457,6 +519,30 @@ class ScoringLoop:
                 self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
         except KafkaError as error:
             log.debug("could not read consumer lag: %s", error)
+
+
+class EventClock:
+    """Event time for idle eviction that no single reading can drive: the median of the last ``span`` stamps.
+
+    A reading stamped years ahead moves the newest timestamp seen, but not this median, so it cannot
+    make every other sensor look idle.
+
+    >>> clock = EventClock(span=5)
+    >>> for ts in (10.0, 11.0, 12.0, 9e12, 13.0):
+    ...     clock.observe(ts)
+    >>> clock.now()
+    12.0
+    """
+
+    def __init__(self, span: int = 101) -> None:
+        self._recent: deque[float] = deque(maxlen=span)
+
+    def observe(self, ts: float) -> None:
+        self._recent.append(ts)
+
+    def now(self) -> float:
+        """The median of the recent stamps (0.0 before any)."""
+        return float(np.median(self._recent)) if self._recent else 0.0
 
 
 def _to_columns(scored: ScoredBatch, drift_flags: np.ndarray) -> ScoredWindows:

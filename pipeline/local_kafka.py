@@ -19,6 +19,7 @@ import base64
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -248,25 +249,42 @@ class LocalKafkaBroker:
             *args,
         ]
 
-    def start(self, timeout_s: float = 90.0, *, detach: bool = False) -> str:
-        """Format fresh storage, launch the broker, wait for its ready line; return the bootstrap address."""
+    def has_storage(self) -> bool:
+        """True if ``work_dir`` holds formatted KRaft storage from an earlier start."""
+        return (self.work_dir / "data" / "meta.properties").is_file() and (
+            self.work_dir / "server.properties"
+        ).is_file()
+
+    def start(self, timeout_s: float = 90.0, *, detach: bool = False, fresh: bool = True) -> str:
+        """Launch the broker and wait for its ready line; return the bootstrap address.
+
+        ``fresh`` formats new storage (every topic and committed offset gone). With ``fresh=False`` an
+        existing storage in ``work_dir`` is kept and the broker comes back with its topics and offsets
+        (the same controller port; the client port is ``port``).
+        """
         if shutil.which(self.java) is None:
             raise LocalKafkaError(f"'{self.java}' not found: the local Kafka broker needs Java 17 or newer")
-        if self.work_dir.exists():
-            shutil.rmtree(self.work_dir)
-        self.work_dir.mkdir(parents=True)
         properties = self.work_dir / "server.properties"
-        properties.write_text(broker_properties(self.work_dir, self.host, self.port, free_port(self.host)))
+        if not fresh and self.has_storage():
+            stored = properties.read_text()
+            controller = re.search(r"CONTROLLER://[^:,]+:(\d+)", stored)
+            controller_port = int(controller.group(1)) if controller else free_port(self.host)
+            properties.write_text(broker_properties(self.work_dir, self.host, self.port, controller_port))
+            log.info("keeping the KRaft storage in %s (topics and committed offsets)", self.work_dir / "data")
+        else:
+            if self.work_dir.exists():
+                shutil.rmtree(self.work_dir)
+            self.work_dir.mkdir(parents=True)
+            properties.write_text(broker_properties(self.work_dir, self.host, self.port, free_port(self.host)))
+            fmt = subprocess.run(
+                self._java_command("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties)),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if fmt.returncode != 0:
+                raise LocalKafkaError(f"formatting KRaft storage failed:\n{(fmt.stdout + fmt.stderr)[-2000:]}")
         (self.work_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
-
-        fmt = subprocess.run(
-            self._java_command("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties)),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if fmt.returncode != 0:
-            raise LocalKafkaError(f"formatting KRaft storage failed:\n{(fmt.stdout + fmt.stderr)[-2000:]}")
 
         started = time.monotonic()
         with self.log_file.open("wb") as log_handle:

@@ -19,9 +19,12 @@ class ScoringMetrics:
         self.messages_in = Counter("driftline_messages_in", "Messages polled from the input", registry=r)
         self.dead_letters = Counter(
             "driftline_dead_letters",
-            "Messages or readings rejected to the dead-letter sink",
+            "Messages or readings rejected to the dead-letter sink, by reason code (pipeline.messages.REJECTION_CODES)",
             ["reason"],
             registry=r,
+        )
+        self.evicted_sensors = Counter(
+            "driftline_evicted_sensors", "Sensors forgotten after windows.idle_ttl_s of event time", registry=r
         )
         self.windows_scored = Counter("driftline_windows_scored", "Windows scored and written", registry=r)
         self.anomalies = Counter(
@@ -29,6 +32,12 @@ class ScoringMetrics:
         )
         self.drift_events = Counter("driftline_drift_events", "Drift detections", ["scope"], registry=r)
         self.late_readings = Counter("driftline_late_readings", "Readings dropped as late or duplicate", registry=r)
+        self.write_failures = Counter(
+            "driftline_write_failures",
+            "Durable writes that failed and were retried (disk full, I/O or broker errors), by sink",
+            ["sink"],
+            registry=r,
+        )
         self.commits = Counter("driftline_commits", "Offset commits after durable writes", registry=r)
         self.batch_latency = Histogram(
             "driftline_batch_latency_seconds",
@@ -50,6 +59,12 @@ class ScoringMetrics:
             "Gap between the last batch on the old model and the first on the new one, at the latest swap",
             registry=r,
         )
+        self.models_refused = Counter(
+            "driftline_models_refused",
+            "New model versions or registry pointers refused by the hot-swap watcher, by reason code",
+            ["reason"],
+            registry=r,
+        )
         self.model_version = Gauge(
             "driftline_model_version", "1 for the model version now serving", ["version"], registry=r
         )
@@ -58,8 +73,8 @@ class ScoringMetrics:
         self.model_version.clear()
         self.model_version.labels(version=version).set(1)
 
-    def serve(self, port: int, address: str = "0.0.0.0") -> None:
-        """Expose /metrics over HTTP on ``port`` (a daemon thread)."""
+    def serve(self, port: int, address: str = "127.0.0.1") -> None:
+        """Expose /metrics over HTTP on ``port`` (a daemon thread); see :mod:`pipeline.health` for probes too."""
         start_http_server(port, addr=address, registry=self.registry)
 
     def exposition(self) -> bytes:

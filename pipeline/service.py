@@ -6,16 +6,25 @@ This is the only place that knows about every part; each part knows nothing of t
 from __future__ import annotations
 
 import logging
+import os
 import signal
-from collections.abc import Iterator
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+from kafka.errors import KafkaError, NoBrokersAvailable
 
 from models.registry import ModelRegistry
 from models.training import resolve_device
 from pipeline.config import DriftlineConfig
 from pipeline.consumer import EventPublisher, LoopSettings, LoopStats, ScoringLoop
 from pipeline.drift import DriftMonitor
+from pipeline.durability import EXIT_STOP_TIMEOUT, RetryPolicy
+from pipeline.health import HealthServer
 from pipeline.metrics import ScoringMetrics
 from pipeline.model_watch import RegistryWatcher, hot_swap_hook
 from pipeline.scorer import WindowScorer
@@ -55,6 +64,10 @@ def build_loop(
         max_message_bytes=config.scoring.max_message_bytes,
         allowed_sensors=allowed,
         pipelined=config.scoring.pipelined,
+        min_ts=config.scoring.min_epoch_s,
+        max_future_skew_s=config.scoring.max_future_skew_s,
+        write_retry=RetryPolicy(give_up_after_s=config.sinks.max_write_outage_s),
+        ready_commit_age_s=config.metrics.ready_commit_age_s,
     )
     log.info(
         "serving model %s (%s) on %s, window %d, channels %s",
@@ -64,8 +77,14 @@ def build_loop(
         scorer.window,
         list(scorer.channels),
     )
+    metrics = metrics or ScoringMetrics()
+    refused = metrics.models_refused
     watcher = RegistryWatcher(
-        registry, version, config.model.watch_interval_s, str(resolve_device(config.model.device))
+        registry,
+        version,
+        config.model.watch_interval_s,
+        str(resolve_device(config.model.device)),
+        on_refused=lambda code: refused.labels(reason=code).inc(),
     )
     return ScoringLoop(
         scorer,
@@ -84,15 +103,88 @@ def build_loop(
     )
 
 
+def _exit_after_stop_timeout(timeout_s: float) -> None:
+    message = (
+        f"driftline: did not stop within scoring.stop_timeout_s = {timeout_s:g} s of the signal (broker or disk "
+        f"unreachable?); exiting with code {EXIT_STOP_TIMEOUT} without committing more: the next start resumes "
+        "from the last commit\n"
+    )
+    os.write(sys.stderr.fileno(), message.encode())
+    os._exit(EXIT_STOP_TIMEOUT)
+
+
 @contextmanager
-def stop_on_signals(loop: ScoringLoop) -> Iterator[None]:
-    """SIGTERM/SIGINT ask the loop to stop after its batch (flush, commit, close)."""
-    previous = {sig: signal.signal(sig, loop.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+def stop_on_signals(loop: ScoringLoop, stop_timeout_s: float = 10.0) -> Iterator[None]:
+    """SIGTERM/SIGINT ask the loop to stop after its batch (flush, commit, close), within ``stop_timeout_s``.
+
+    If the final flush and commit cannot finish in time (a broker that went away blocks them), the
+    process exits with :data:`pipeline.durability.EXIT_STOP_TIMEOUT`; nothing is committed that is not
+    durable, so the next start resumes from the last commit.
+    """
+    deadline: list[threading.Timer] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        loop.request_stop()
+        if not deadline:
+            log.info("signal %d: finishing the batch, flushing and committing (at most %g s)", signum, stop_timeout_s)
+            timer = threading.Timer(stop_timeout_s, _exit_after_stop_timeout, args=(stop_timeout_s,))
+            timer.daemon = True
+            timer.start()
+            deadline.append(timer)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
+        for timer in deadline:
+            timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class BrokerUnavailableError(RuntimeError):
+    """No Kafka broker answered within ``kafka.connect_timeout_s``; `serve` exits with code 69."""
+
+
+T = TypeVar("T")
+
+
+def connect_with_retry(connect: Callable[[], T], bootstrap: str, timeout_s: float, what: str) -> T:
+    """Call ``connect`` until a broker answers or ``timeout_s`` passed, saying what to check meanwhile."""
+    started = time.monotonic()
+    delay = 1.0
+    while True:
+        try:
+            return connect()
+        except (NoBrokersAvailable, KafkaError) as error:
+            waited = time.monotonic() - started
+            if waited >= timeout_s:
+                raise BrokerUnavailableError(
+                    f"no Kafka broker answered at {bootstrap} for {waited:.0f} s ({type(error).__name__}); check "
+                    "kafka.bootstrap_servers, the network, or start a local one with `driftline kafka up`"
+                ) from None
+            log.warning(
+                "%s: no Kafka broker answers at %s (%s); retrying for up to %.0f s more",
+                what,
+                bootstrap,
+                type(error).__name__,
+                timeout_s - waited,
+            )
+            time.sleep(min(delay, max(timeout_s - waited, 0.1)))
+            delay = min(delay * 2, 10.0)
+
+
+def _serve_http(config: DriftlineConfig, loop: ScoringLoop) -> HealthServer | None:
+    if not config.metrics.port:
+        return None
+    server = HealthServer(loop.metrics.exposition, loop.liveness, loop.readiness)
+    server.start(config.metrics.address, config.metrics.port)
+    log.info(
+        "Prometheus metrics and probes on http://%s:%d/ (metrics, healthz, readyz)",
+        config.metrics.address,
+        server.port,
+    )
+    return server
 
 
 def serve(
@@ -105,34 +197,52 @@ def serve(
 ) -> LoopStats:
     """Run the scorer on ``config.scoring.source`` until stopped or a bound is reached."""
     metrics = metrics or ScoringMetrics()
-    if config.metrics.port:
-        metrics.serve(config.metrics.port, config.metrics.address)
-        log.info("Prometheus metrics on http://%s:%d/metrics", config.metrics.address, config.metrics.port)
     source_spec = config.scoring.source
+    stop_timeout_s = config.scoring.stop_timeout_s
     if source_spec.startswith("file:"):
         path = Path(source_spec.removeprefix("file:"))
         dead_letters = DeadLetterFile(config.error_log_dir.parent / "dead_letters.jsonl")
         loop = build_loop(config, dead_letters, metrics=metrics)
         source: Source = FileSource(path, loop.scorer.channels)
-        with stop_on_signals(loop):
-            return loop.run(
-                source, max_messages=max_messages, timeout_s=timeout_s, idle_timeout_s=idle_timeout_s or 1.0
-            )
+        server = _serve_http(config, loop)
+        try:
+            with stop_on_signals(loop, stop_timeout_s):
+                return loop.run(
+                    source, max_messages=max_messages, timeout_s=timeout_s, idle_timeout_s=idle_timeout_s or 1.0
+                )
+        finally:
+            if server is not None:
+                server.stop()
     if source_spec != "kafka":
         raise ValueError(f"scoring.source must be 'kafka' or 'file:PATH', got {source_spec!r}")
 
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(**config.kafka.client_options(), acks="all", linger_ms=20)
+    kafka = config.kafka
+    producer = connect_with_retry(
+        lambda: KafkaProducer(**kafka.client_options(), acks="all", linger_ms=20),
+        kafka.bootstrap_servers,
+        kafka.connect_timeout_s,
+        "dead-letter producer",
+    )
+    server = None
     try:
         loop = build_loop(
             config,
-            KafkaDeadLetters(producer, config.kafka.dead_letter_topic),
-            events=KafkaEventPublisher(producer, config.kafka.events_topic),
+            KafkaDeadLetters(producer, kafka.dead_letter_topic),
+            events=KafkaEventPublisher(producer, kafka.events_topic),
             metrics=metrics,
         )
-        source = KafkaSource(config.kafka, loop.on_assigned, loop.on_revoked)
-        with stop_on_signals(loop):
+        source = connect_with_retry(
+            lambda: KafkaSource(kafka, loop.on_assigned, loop.on_revoked),
+            kafka.bootstrap_servers,
+            kafka.connect_timeout_s,
+            "consumer",
+        )
+        server = _serve_http(config, loop)
+        with stop_on_signals(loop, stop_timeout_s):
             return loop.run(source, max_messages=max_messages, timeout_s=timeout_s, idle_timeout_s=idle_timeout_s)
     finally:
-        producer.close()
+        if server is not None:
+            server.stop()
+        producer.close(timeout=min(stop_timeout_s, 5.0))

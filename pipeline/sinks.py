@@ -21,6 +21,7 @@ Schema name and version are stored in each Parquet file's metadata (``driftline.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -36,6 +37,9 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from kafka.errors import KafkaError
+
+from pipeline.durability import DurabilityError
 
 ERROR_LOG_SCHEMA_VERSION = 1
 DRIFT_EVENTS_SCHEMA_VERSION = 1
@@ -243,9 +247,31 @@ class DriftEventSink:
         return path
 
 
+# A dead letter must fit the producer's max_request_size (1 MiB by default) after base64 (x 4/3):
+# raw bytes beyond this are cut, with the full length and sha256 kept so the original can be matched.
+DEAD_LETTER_MAX_RAW_BYTES = 512 * 1024
+DEAD_LETTER_MAX_KEY_BYTES = 16 * 1024
+DEAD_LETTER_MAX_REASON_CHARS = 2_000
+
+
+def _b64_cut(data: bytes | None, limit: int) -> tuple[str | None, bool]:
+    if data is None:
+        return None, False
+    return base64.b64encode(data[:limit]).decode(), len(data) > limit
+
+
 @dataclass(frozen=True)
 class DeadLetter:
-    """A rejected message (or reading) with everything needed to find and replay it."""
+    """A rejected message (or reading) with everything needed to find and replay it.
+
+    ``code`` is the reason's code (see ``pipeline.messages.REJECTION_CODES``), ``reason`` the detail.
+    The JSON form always fits a default Kafka producer: an oversize raw payload is truncated, and its
+    full length and sha256 are recorded beside it.
+
+    >>> letter = json.loads(DeadLetter("too big", "t", 0, 7, None, b"x" * 2_000_000, code="too_large").to_json())
+    >>> letter["raw_truncated"], letter["raw_length"], len(base64.b64decode(letter["raw_b64"]))
+    (True, 2000000, 524288)
+    """
 
     reason: str
     source_topic: str
@@ -253,16 +279,24 @@ class DeadLetter:
     source_offset: int
     key: bytes | None
     raw: bytes | None
+    code: str = "undecodable"
 
     def to_json(self) -> bytes:
+        raw_b64, raw_truncated = _b64_cut(self.raw, DEAD_LETTER_MAX_RAW_BYTES)
+        key_b64, key_truncated = _b64_cut(self.key, DEAD_LETTER_MAX_KEY_BYTES)
         return json.dumps(
             {
-                "reason": self.reason,
+                "code": self.code,
+                "reason": self.reason[:DEAD_LETTER_MAX_REASON_CHARS],
                 "source_topic": self.source_topic,
                 "source_partition": self.source_partition,
                 "source_offset": self.source_offset,
-                "key_b64": base64.b64encode(self.key).decode() if self.key is not None else None,
-                "raw_b64": base64.b64encode(self.raw).decode() if self.raw is not None else None,
+                "key_b64": key_b64,
+                "key_truncated": key_truncated,
+                "raw_b64": raw_b64,
+                "raw_truncated": raw_truncated,
+                "raw_length": len(self.raw) if self.raw is not None else None,
+                "raw_sha256": hashlib.sha256(self.raw).hexdigest() if self.raw is not None else None,
                 "rejected_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             }
         ).encode()
@@ -295,17 +329,51 @@ class DeadLetterFile:
 
 
 class KafkaDeadLetters:
-    """Dead letters to a Kafka topic, keyed like the source message; ``flush`` waits for the broker's acks."""
+    """Dead letters to a Kafka topic, keyed like the source message.
 
-    def __init__(self, producer: Any, topic: str) -> None:
+    ``flush`` waits for the broker's ack of every letter sent since the last successful flush and checks
+    each result: a refused or unacknowledged letter is sent again and :class:`DurabilityError` is
+    raised, so the loop commits nothing past it and retries.
+    """
+
+    def __init__(self, producer: Any, topic: str, flush_timeout_s: float = 30.0) -> None:
         self.producer = producer
         self.topic = topic
+        self.flush_timeout_s = flush_timeout_s
+        self._unacked: list[tuple[DeadLetter, bytes, Any]] = []
+
+    def _send(self, letter: DeadLetter, value: bytes) -> Any:
+        key = letter.key[:DEAD_LETTER_MAX_KEY_BYTES] if letter.key is not None else None
+        try:
+            return self.producer.send(self.topic, key=key, value=value)
+        except KafkaError as error:  # e.g. the local buffer is full: treat like a failed ack
+            return error
 
     def send(self, letter: DeadLetter) -> None:
-        self.producer.send(self.topic, key=letter.key, value=letter.to_json())
+        value = letter.to_json()
+        self._unacked.append((letter, value, self._send(letter, value)))
 
     def flush(self) -> None:
-        self.producer.flush()
+        if not self._unacked:
+            return
+        try:
+            self.producer.flush(timeout=self.flush_timeout_s)
+        except KafkaError as error:
+            raise DurabilityError(f"dead-letter topic {self.topic}: flush failed ({error})") from error
+        failed: list[tuple[DeadLetter, bytes, Any]] = []
+        last_error: object = None
+        for letter, value, future in self._unacked:
+            if isinstance(future, BaseException) or not future.is_done or future.failed():
+                last_error = future if isinstance(future, BaseException) else future.exception or "no ack in time"
+                failed.append((letter, value, future))
+        if not failed:
+            self._unacked = []
+            return
+        self._unacked = [(letter, value, self._send(letter, value)) for letter, value, _ in failed]
+        raise DurabilityError(
+            f"dead-letter topic {self.topic}: {len(failed)} of the letters were not acknowledged ({last_error}); "
+            "they are sent again and nothing is committed past them"
+        )
 
 
 class KafkaEventPublisher:

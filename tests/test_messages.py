@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.messages import decode_message, encode_readings
+from pipeline.messages import REJECTION_CODES, Decoded, decode_message, encode_readings
 
 CHANNELS = ("flow", "pressure")
 
@@ -64,3 +67,91 @@ def test_a_bad_reading_does_not_sink_its_batch() -> None:
     decoded = decode_message(raw, None, CHANNELS)
     assert [r.ts for r in decoded.readings] == [0.0, 2.0]
     assert decoded.rejections[0].reason.startswith("reading 1:")
+
+
+# -- hostile input: the decoder never raises, and every failure has a code from the closed set ------------
+
+HOSTILE = {
+    "ts of 400 digits": (
+        b'{"sensor_id": "p", "ts": ' + b"9" * 400 + b', "values": {"flow": 1, "pressure": 1}}',
+        "bad_ts",
+    ),
+    "value of 5,000 digits": (
+        b'{"sensor_id": "p", "ts": 1, "values": {"flow": ' + b"1" * 5000 + b', "pressure": 1}}',
+        "invalid_json",
+    ),
+    "100,000 nested [": (b"[" * 100_000, "invalid_json"),
+    "100,000 nested {": (b'{"a":' * 100_000, "invalid_json"),
+    "lone surrogate sensor id": (
+        b'{"sensor_id": "\\ud800", "ts": 1, "values": {"flow": 1, "pressure": 1}}',
+        "bad_sensor_id",
+    ),
+    "control character in sensor id": (
+        b'{"sensor_id": "a\\u0000b", "ts": 1, "values": {"flow": 1, "pressure": 1}}',
+        "bad_sensor_id",
+    ),
+    "sensor id of 10,000 characters": (
+        b'{"sensor_id": "' + b"s" * 10_000 + b'", "ts": 1, "values": {"flow": 1, "pressure": 1}}',
+        "bad_sensor_id",
+    ),
+    "empty readings": (b'{"schema": 1, "readings": []}', "bad_readings"),
+    "far-future ts": (
+        b'{"sensor_id": "p", "ts": "9999-12-31T23:59:59Z", "values": {"flow": 1, "pressure": 1}}',
+        "ts_out_of_range",
+    ),
+    "ts of 1e15 s": (b'{"sensor_id": "p", "ts": 1e15, "values": {"flow": 1, "pressure": 1}}', "ts_out_of_range"),
+    "ts before the floor": (b'{"sensor_id": "p", "ts": 5, "values": {"flow": 1, "pressure": 1}}', "ts_out_of_range"),
+    "ts string of 10,000 characters": (
+        b'{"sensor_id": "p", "ts": "' + b"2" * 10_000 + b'", "values": {"flow": 1, "pressure": 1}}',
+        "bad_ts",
+    ),
+    "invalid UTF-8": (b'{"sensor_id": "\xff", "ts": 1, "values": {}}', "invalid_json"),
+    "value of 1e400": (b'{"sensor_id": "p", "ts": 1e9, "values": {"flow": 1e400, "pressure": 1}}', "bad_value"),
+}
+TS_RANGE = (946_684_800.0, 1_900_000_000.0)  # 2000-01-01 .. 2030-03
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_messages_are_rejected_with_their_code(name: str) -> None:
+    raw, code = HOSTILE[name]
+    decoded = decode_message(raw, None, CHANNELS, ts_range=TS_RANGE)
+    assert decoded.readings == []
+    assert [r.code for r in decoded.rejections] == [code], decoded.rejections
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=30,
+)
+readings = st.fixed_dictionaries(
+    {},
+    optional={
+        "sensor_id": json_values | st.text(),
+        "ts": json_values | st.integers(min_value=-(10**400), max_value=10**400),
+        "values": st.dictionaries(st.sampled_from([*CHANNELS, "x"]), json_values) | json_values,
+    },
+)
+
+
+def _check(decoded: Decoded) -> None:
+    assert all(r.code in REJECTION_CODES for r in decoded.rejections), decoded.rejections
+    assert all(r.code != "undecodable" for r in decoded.rejections), decoded.rejections
+    for reading in decoded.readings:
+        assert np.isfinite(reading.values).all()
+        assert TS_RANGE[0] <= reading.ts <= TS_RANGE[1]
+        reading.sensor_id.encode("utf-8")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.one_of(st.none(), st.binary(max_size=20)))
+def test_arbitrary_bytes_never_raise(raw: bytes, key: bytes | None) -> None:
+    _check(decode_message(raw, key, CHANNELS, ts_range=TS_RANGE))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(readings, st.lists(readings, max_size=4), json_values), st.booleans())
+def test_arbitrary_json_never_raises(payload: object, batched: bool) -> None:
+    body = {"schema": 1, "readings": payload} if batched else payload
+    raw = json.dumps(body, allow_nan=True, default=str).encode("utf-8", "surrogatepass")
+    _check(decode_message(raw, b"key", CHANNELS, ts_range=TS_RANGE))
