@@ -21,6 +21,7 @@ True
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from models.checkpoint import (
     save_checkpoint,
 )
 from models.detector import AnomalyDetector
+
+log = logging.getLogger(__name__)
 
 POINTER_FILE = "CURRENT.json"
 DECISIONS_FILE = "decisions.jsonl"
@@ -166,12 +169,17 @@ class ModelRegistry:
         except CheckpointError as error:
             still = self.current_version() or "none"
             raise RegistryError(f"refusing to promote {version}: {error}; still serving {still}") from None
-        pointer = self._pointer()
+        try:
+            pointer = self._pointer()
+            replaced = None
+        except RegistryError as error:  # promoting a verified version is how a corrupt pointer gets repaired
+            log.warning("%s; replacing it with a pointer to %s (history starts afresh)", error, version)
+            pointer, replaced = {"current": None, "history": []}, str(error)
         if pointer["current"] == version:
             return version
         history = [*pointer["history"], pointer["current"]] if pointer["current"] else pointer["history"]
         self._write_pointer({"current": version, "history": history})
-        self._log("promote", version=version, previous=pointer["current"], reason=reason)
+        self._log("promote", version=version, previous=pointer["current"], reason=reason, replaced_corrupt=replaced)
         return version
 
     def rollback(self, reason: str = "") -> str:

@@ -1,0 +1,205 @@
+"""Faults that must not stop the scorer, without a broker: hostile clocks, failing disks, broken registries.
+
+What needs Kafka (codecs, dead letters acked by the broker, SIGTERM with the broker gone) is in
+test_hostile_input_kafka.py; the whole set under load is `driftline benchmark faults`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.detector import AnomalyDetector
+from models.registry import ModelRegistry
+from models.training import TrainingConfig
+from pipeline.consumer import LoopSettings, ScoringLoop
+from pipeline.durability import RetryPolicy, WriteOutageError
+from pipeline.messages import encode_readings
+from pipeline.metrics import ScoringMetrics
+from pipeline.model_watch import RegistryWatcher
+from pipeline.scorer import WindowScorer
+from pipeline.sinks import DeadLetterFile, ErrorLogSink
+from pipeline.sources import Record
+from pipeline.windows import WindowAssembler
+from tests.test_scoring_loop import CHANNELS, WINDOW, ListSource
+
+T0 = 1_767_225_600.0  # 2026-01-01
+
+
+@pytest.fixture(scope="module")
+def detector() -> AnomalyDetector:
+    rng = np.random.default_rng(0)
+    return AnomalyDetector.fit(
+        rng.normal(size=(300, 2)),
+        window=WINDOW,
+        hidden_size=4,
+        latent_size=2,
+        channels=CHANNELS,
+        training=TrainingConfig(epochs=1, progress=False),
+    )
+
+
+def stream(n: int, sensors: int, extra: dict[int, bytes] | None = None) -> list[Record]:
+    """``n`` readings per sensor at 1 s; ``extra`` inserts raw messages at given positions."""
+    rng = np.random.default_rng(2)
+    out: list[Record] = []
+    for t in range(n):
+        for s in range(sensors):
+            while extra and len(out) in extra:
+                out.append(Record("t", 0, len(out), b"x", extra.pop(len(out))))
+            values = dict(zip(CHANNELS, rng.normal(size=2).tolist(), strict=True))
+            out.append(
+                Record(
+                    "t", 0, len(out), None, encode_readings([{"sensor_id": f"s{s}", "ts": T0 + t, "values": values}])
+                )
+            )
+    return out
+
+
+def loop_for(detector: AnomalyDetector, root: Path, error_log: ErrorLogSink | None = None, **settings) -> ScoringLoop:
+    return ScoringLoop(
+        WindowScorer(detector, "v1"),
+        WindowAssembler(WINDOW, idle_ttl_s=60),
+        error_log or ErrorLogSink(root, CHANNELS, roll_rows=40, roll_seconds=3600),
+        DeadLetterFile(root / "dead.jsonl"),
+        settings=LoopSettings(max_poll_records=16, **settings),
+    )
+
+
+def dead_letters(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "dead.jsonl").read_text().splitlines()]
+
+
+def test_one_far_future_reading_neither_evicts_the_fleet_nor_reaches_the_log(detector, tmp_path) -> None:
+    far = json.dumps({"sensor_id": "liar", "ts": "9999-12-31T23:59:59Z", "values": {"a": 1, "b": 2}}).encode()
+    huge = json.dumps({"sensor_id": "liar", "ts": 1e15, "values": {"a": 1, "b": 2}}).encode()
+    loop = loop_for(detector, tmp_path)
+    stats = loop.run(ListSource(stream(80, 3, {30: far, 31: huge}), batch=16), idle_timeout_s=0)
+    assert stats.windows == 3 * (80 - WINDOW + 1), "every healthy sensor keeps all its windows"
+    assert loop.assembler.stats.evicted == 0
+    assert [d["code"] for d in dead_letters(tmp_path)] == ["ts_out_of_range", "ts_out_of_range"]
+    log = pd.read_parquet(tmp_path / "errors")
+    assert log["window_end"].max() < pd.Timestamp("2027-01-01", tz="UTC")
+
+
+def test_a_reading_before_min_ts_is_dead_lettered(detector, tmp_path) -> None:
+    old = json.dumps({"sensor_id": "s0", "ts": 5, "values": {"a": 1, "b": 2}}).encode()
+    loop_for(detector, tmp_path).run(ListSource(stream(10, 1, {3: old}), batch=16), idle_timeout_s=0)
+    assert [d["code"] for d in dead_letters(tmp_path)] == ["ts_out_of_range"]
+
+
+class FlakyDisk(ErrorLogSink):
+    """An error log whose first ``failures`` flushes fail as a full disk would."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root, CHANNELS, roll_rows=40, roll_seconds=3600)
+        self.failures = failures
+        self.attempts = 0
+
+    def flush(self) -> list[Path]:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().flush()
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_full_disk_is_waited_out_and_nothing_is_committed_meanwhile(detector, tmp_path, pipelined) -> None:
+    disk = FlakyDisk(tmp_path, failures=3)
+    loop = loop_for(detector, tmp_path, disk, pipelined=pipelined, write_retry=RetryPolicy(initial_backoff_s=0.01))
+    loop.metrics = metrics = ScoringMetrics()
+    source = ListSource(stream(40, 2), batch=16)
+    stats = loop.run(source, idle_timeout_s=0)
+    assert disk.attempts > 3
+    assert stats.windows == 2 * (40 - WINDOW + 1)
+    assert len(pd.read_parquet(tmp_path / "errors")) == stats.windows, "no window lost to the full disk"
+    assert source.commits[-1][("t", 0)][0] == len(source.records)
+    assert b'driftline_write_failures_total{sink="error_log"} 3.0' in metrics.exposition()
+
+
+def test_a_disk_that_stays_full_ends_the_loop_with_a_write_outage_and_no_commit(detector, tmp_path) -> None:
+    disk = FlakyDisk(tmp_path, failures=10**9)
+    loop = loop_for(
+        detector, tmp_path, disk, pipelined=False, write_retry=RetryPolicy(initial_backoff_s=0.01, give_up_after_s=0.1)
+    )
+    source = ListSource(stream(40, 2), batch=16)
+    with pytest.raises(WriteOutageError, match="No space left"):
+        loop.run(source, idle_timeout_s=0)
+    assert source.commits == []
+
+
+def test_readiness_reports_what_is_missing(detector, tmp_path) -> None:
+    loop = loop_for(detector, tmp_path)
+    assert loop.readiness()["ok"] is False  # not running, nothing assigned
+    loop.run(ListSource(stream(10, 1), batch=16), idle_timeout_s=0)
+    ready = loop.readiness()
+    assert ready["assigned"] is True
+    assert ready["committing"] is True
+    assert ready["alive"] is False  # the loop has returned
+
+
+# -- the registry and its watcher ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pointer",
+    [b"[]", b'{"current": 5}', b"\xff\xfe\x00", b'{"current": "../../etc"}', b'{"current": "v000001", "history": 3}'],
+)
+def test_a_malformed_pointer_is_refused_and_the_watcher_keeps_watching(detector, tmp_path, pointer) -> None:
+    registry = ModelRegistry(tmp_path)
+    first = registry.publish(detector, promote=True)
+    refused: list[str] = []
+    watcher = RegistryWatcher(registry, first, poll_s=0.01, on_refused=refused.append)
+    (tmp_path / "CURRENT.json").write_bytes(pointer)
+    watcher.check_once()
+    assert refused == ["pointer"]
+    assert watcher.take_pending() is None
+    second = registry.publish(detector)  # a valid pointer again, naming a new version
+    registry.promote(second)
+    watcher.check_once()
+    pending = watcher.take_pending()
+    assert pending is not None
+    assert pending[1] == second
+
+
+def test_the_watcher_thread_survives_anything_the_registry_raises(detector, tmp_path) -> None:
+    registry = ModelRegistry(tmp_path)
+    first = registry.publish(detector, promote=True)
+
+    def explode() -> str:
+        raise AttributeError("'list' object has no attribute 'get'")
+
+    registry.current_version = explode  # type: ignore[method-assign]
+    watcher = RegistryWatcher(registry, first, poll_s=0.01).start()
+    try:
+        import time
+
+        time.sleep(0.2)
+        assert watcher.alive
+        assert watcher.refusals >= 2
+    finally:
+        watcher.stop()
+
+
+def _publish_many(root: str, detector: AnomalyDetector, count: int, barrier) -> list[str]:
+    barrier.wait()
+    return [ModelRegistry(Path(root)).publish(detector) for _ in range(count)]
+
+
+def test_concurrent_publishers_end_with_distinct_versions(detector, tmp_path) -> None:
+    context = multiprocessing.get_context("fork")
+    barrier = context.Manager().Barrier(4)
+    with context.Pool(4) as pool:
+        results = pool.starmap(_publish_many, [(str(tmp_path), detector, 3, barrier)] * 4)
+    versions = [v for batch in results for v in batch]
+    assert len(versions) == len(set(versions)) == 12
+    registry = ModelRegistry(tmp_path)
+    assert sorted(registry.versions()) == sorted(versions)
+    for version in versions:
+        assert registry.load(version).metadata["version"] == version
