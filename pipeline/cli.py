@@ -397,6 +397,36 @@ def benchmark_throughput(
         click.echo(json.dumps(result.headline()))
 
 
+@benchmark.command("faults")
+@click.option("--sensors", type=int, default=12, show_default=True)
+@click.option("--rows", type=int, default=2500, show_default=True, help="Good readings per sensor.")
+@click.option("--bad", "bad_messages", type=int, default=21_000, show_default=True, help="Hostile messages.")
+@click.option("--kills", type=int, default=5, show_default=True, help="kill -9 of the scorer at random moments.")
+@click.option("--rate", type=float, default=1200.0, show_default=True, help="Messages produced per second.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
+@pass_app
+def benchmark_faults(
+    app: _AppContext, sensors: int, rows: int, bad_messages: int, kills: int, rate: float, seed: int, as_json: bool
+) -> None:
+    """Hostile messages, kill -9, a broker restart, a full disk and a bad registry pointer, on a real broker.
+
+    Starts a broker of its own (it is restarted mid-run); needs Java 17. The full-disk phase mounts a
+    small tmpfs and is skipped (and said so) where this process may not mount.
+    """
+    from benchmarks.faults import FaultPlan, run_fault_benchmark
+
+    plan = FaultPlan(
+        sensors=sensors, readings_per_sensor=rows, bad_messages=bad_messages, kills=kills, rate=rate, seed=seed
+    )
+    report = run_fault_benchmark(
+        plan, app.config.local_kafka.cache_dir, progress=lambda line: click.echo(line, err=True)
+    )
+    click.echo(report.table())
+    if as_json:
+        click.echo(json.dumps(report.headline()))
+
+
 @cli.command()
 @click.option("--trigger", default="manual", show_default=True, help="Recorded with the decision.")
 @pass_app

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_scoring_loop import CHANNELS, WINDOW, ListSource
 
 from models.detector import AnomalyDetector
 from models.registry import ModelRegistry
@@ -27,7 +28,6 @@ from pipeline.scorer import WindowScorer
 from pipeline.sinks import DeadLetterFile, ErrorLogSink
 from pipeline.sources import Record
 from pipeline.windows import WindowAssembler
-from tests.test_scoring_loop import CHANNELS, WINDOW, ListSource
 
 T0 = 1_767_225_600.0  # 2026-01-01
 

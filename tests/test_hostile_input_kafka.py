@@ -22,13 +22,7 @@ import urllib.request
 import duckdb
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-from pipeline.config import load_config
-from pipeline.local_kafka import LocalKafkaBroker, LocalKafkaError, fetch_kafka_jars, free_port
-from pipeline.messages import REJECTION_CODES
-from pipeline.producer import batch_messages, create_topic, produce
-from pipeline.service import serve
-from tests.test_serve_kafka import (  # fleet and registry_dir are fixtures: the same trained model
+from test_serve_kafka import (  # fleet and registry_dir are fixtures: the same trained model
     CHANNELS,
     WINDOW,
     assert_exactly_once,
@@ -39,6 +33,12 @@ from tests.test_serve_kafka import (  # fleet and registry_dir are fixtures: the
     spawn_serve,
     write_config,
 )
+
+from pipeline.config import load_config
+from pipeline.local_kafka import LocalKafkaBroker, LocalKafkaError, fetch_kafka_jars, free_port
+from pipeline.messages import REJECTION_CODES
+from pipeline.producer import batch_messages, create_topic, produce
+from pipeline.service import serve
 
 pytestmark = pytest.mark.kafka
 

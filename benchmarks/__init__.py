@@ -1,0 +1,1 @@
+"""Benchmarks and evaluation harnesses, loaded by `driftline benchmark ...` (not needed to serve)."""
