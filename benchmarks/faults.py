@@ -56,7 +56,7 @@ class FaultPlan:
     readings_per_sensor: int = 2_500
     bad_messages: int = 21_000
     partitions: int = 3
-    rate: float = 1_200.0  # messages produced per second
+    rate: float = 500.0  # messages produced per second: the stream outlasts the faults
     kills: int = 5
     disk_full_s: float = 6.0
     window: int = 10
@@ -84,6 +84,7 @@ class FaultReport:
     broker_restarts: int = 0
     disk_full: str = "not run"
     registry_pointer_refusals: int = 0
+    write_failures_logged: int = 0
     hot_swapped_to: str | None = None
     final_exit_code: int | None = None
     seconds: float = 0.0
@@ -105,6 +106,8 @@ class FaultReport:
             "broker_restarts": self.broker_restarts,
             "disk_full": self.disk_full,
             "hot_swapped_to": self.hot_swapped_to,
+            "write_failures_logged": self.write_failures_logged,
+            "registry_pointer_refusals": self.registry_pointer_refusals,
             "dead_letters_by_reason": self.dead_letters_by_reason,
         }
 
@@ -122,6 +125,7 @@ class FaultReport:
             ("broker restarts (same storage)", f"{self.broker_restarts}"),
             ("full disk", self.disk_full),
             ("malformed registry pointer refusals logged", f"{self.registry_pointer_refusals}"),
+            ("write failures logged and retried", f"{self.write_failures_logged}"),
             ("hot-swapped to", self.hot_swapped_to or "-"),
             ("final stop exit code", f"{self.final_exit_code}"),
             ("wall time", f"{self.seconds:.0f} s"),
@@ -139,9 +143,11 @@ class FaultReport:
 # -- the stream ---------------------------------------------------------------------------------------------
 
 
-def hostile_messages(rng: random.Random, good: list[bytes], count: int) -> list[tuple[bytes | None, bytes]]:
+def hostile_messages(
+    rng: random.Random, good: list[bytes], count: int, channels: list[str]
+) -> list[tuple[bytes | None, bytes]]:
     """``count`` (key, value) messages, each certain to be rejected whole: known poison kinds and fuzz."""
-    values = '{"flow": 1.0, "pressure": 2.0, "current": 3.0, "temperature": 4.0}'
+    values = json.dumps(dict.fromkeys(channels, 1.0))
 
     def poison(kind: int) -> tuple[bytes | None, bytes]:
         if kind == 0:
@@ -192,7 +198,7 @@ def build_stream(
         (sensor, json.dumps({"schema": 1, **reading}, separators=(",", ":")).encode())
         for sensor, reading in readings_from_frame(fleet, channels)
     ]
-    bad = hostile_messages(rng, [value for _, value in good[:500]], plan.bad_messages)
+    bad = hostile_messages(rng, [value for _, value in good[:500]], plan.bad_messages, channels)
     slots = sorted(rng.sample(range(len(good) + len(bad)), len(bad)))
     stream: list[tuple[str, bytes | None, bytes | None]] = []
     g = b = 0
@@ -377,7 +383,14 @@ def committed_everything(bootstrap: str, group: str, topic: str, partitions: int
 def read_dead_letters(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+        fetch_max_bytes=8 * 1024 * 1024,
+        receive_message_max_bytes=16 * 1024 * 1024,
+    )
     letters = [json.loads(message.value) for message in consumer]
     consumer.close()
     return letters
@@ -453,46 +466,47 @@ def run_fault_benchmark(plan: FaultPlan, cache_dir: Path, progress: Any = print)
             progress(f"producing {len(stream):,} messages over ~{produce_s:.0f} s; serve supervised")
             producer.start()
             t0 = time.monotonic()
-            kill_at = sorted(rng.uniform(3, produce_s * 1.1) for _ in range(plan.kills))
-            events: list[tuple[float, str]] = [(t, "kill") for t in kill_at]
-            events += [
-                (produce_s * 0.35, "broker restart"),
-                (produce_s * 0.55, "disk full" if mounted else "disk full skipped"),
-                (produce_s * 0.75, "malformed pointer"),
-                (produce_s * 0.75 + 5, "new version"),
-            ]
-            events.sort()
-            ballast: Path | None = None
-            disk_full_until = None
-            while events or ballast is not None:
-                supervisor.check()
-                now = time.monotonic() - t0
-                if ballast is not None and disk_full_until is not None and now >= disk_full_until:
-                    ballast.unlink()
-                    ballast = None
-                    progress(f"{now:6.1f} s  disk freed")
-                if not events or now < events[0][0]:
+            # Each fault lands on a scorer that is up and consuming: wait for /readyz, let it work a moment.
+            steps = ["kill", "broker restart", "kill", "disk full", "kill", "malformed pointer", "kill"]
+            steps += ["new version", *(["kill"] * max(plan.kills - 4, 0))]
+            for what in steps:
+                while not supervisor.ready():
+                    supervisor.check()
                     time.sleep(0.1)
-                    continue
-                _, what = events.pop(0)
-                progress(f"{now:6.1f} s  {what}")
+                pause = time.monotonic() + rng.uniform(0.5, 3.0)
+                while time.monotonic() < pause:
+                    supervisor.check()
+                    time.sleep(0.05)
+                progress(f"{time.monotonic() - t0:6.1f} s  {what}")
                 if what == "kill":
                     supervisor.kill()
                     report.kills += 1
+                    supervisor.check()  # restart at once
                 elif what == "broker restart":
                     broker.stop()
+                    time.sleep(2.0)
                     broker.start(fresh=False)
                     report.broker_restarts += 1
-                elif what == "disk full":
+                elif what == "disk full" and mounted:
                     ballast = fill_disk(work / "disk")
-                    disk_full_until = now + plan.disk_full_s
+                    full_until = time.monotonic() + plan.disk_full_s
+                    while time.monotonic() < full_until:
+                        supervisor.check()
+                        time.sleep(0.1)
+                    ballast.unlink()
                     report.disk_full = f"{plan.disk_full_s:.0f} s (tmpfs filled to the last byte)"
-                elif what == "disk full skipped":
+                    progress(f"{time.monotonic() - t0:6.1f} s  disk freed")
+                elif what == "disk full":
                     report.disk_full = "skipped: could not mount a tmpfs (needs root)"
                 elif what == "malformed pointer":
                     (work / "registry" / "CURRENT.json").write_bytes(b"[]")
+                    time.sleep(2.0)  # the running scorer refuses it; the next start meets it too
                 elif what == "new version":
                     report.hot_swapped_to = registry.publish(detector, promote=True, reason="fault benchmark")
+            if producer.is_alive():
+                progress(f"{time.monotonic() - t0:6.1f} s  faults done; the stream is still being produced")
+            else:
+                progress("warning: the stream ended before the last fault; raise --rows or lower --rate")
             producer.join()
             progress(f"{time.monotonic() - t0:6.1f} s  all produced ({len(producer.errors)} delivery errors)")
             deadline = time.monotonic() + 300
@@ -506,7 +520,8 @@ def run_fault_benchmark(plan: FaultPlan, cache_dir: Path, progress: Any = print)
             report.consumer_deaths = len(supervisor.deaths)
             report.death_reasons = supervisor.deaths
             report.restarts = supervisor.restarts
-            report.registry_pointer_refusals = supervisor.grep("cannot read the model registry")
+            report.registry_pointer_refusals = supervisor.grep("CURRENT.json holds a list")
+            report.write_failures_logged = supervisor.grep("write failed (")
             _score(
                 report, producer, fleet, plan, work / "disk" / "error_log", read_dead_letters(bootstrap, f"{topic}-dlq")
             )

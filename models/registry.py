@@ -108,6 +108,33 @@ class ModelRegistry:
             raise RegistryError(f"registry {self.root} has no current model; train one with `driftline train`")
         return load_checkpoint(self.path_of(version), device)
 
+    def load_for_serving(self, device: str = "cpu") -> LoadedCheckpoint:
+        """The current version; if the pointer itself is malformed, the newest version that verifies.
+
+        A scorer (re)started while someone broke ``CURRENT.json`` keeps serving instead of exiting; its
+        watcher swaps to the right version as soon as the pointer is valid again.
+        """
+        try:
+            return self.load(device=device)
+        except RegistryError as error:
+            if not self._pointer_is_malformed():
+                raise
+            for version in reversed(self.versions()):
+                try:
+                    loaded = load_checkpoint(self.path_of(version), device)
+                except CheckpointError:
+                    continue
+                log.error("%s; serving the newest verified version %s until it is fixed", error, version)
+                return loaded
+            raise
+
+    def _pointer_is_malformed(self) -> bool:
+        try:
+            self._pointer()
+        except RegistryError:
+            return True
+        return False
+
     def list(self) -> list[VersionInfo]:
         current = self.current_version()
         infos = []

@@ -402,7 +402,7 @@ def benchmark_throughput(
 @click.option("--rows", type=int, default=2500, show_default=True, help="Good readings per sensor.")
 @click.option("--bad", "bad_messages", type=int, default=21_000, show_default=True, help="Hostile messages.")
 @click.option("--kills", type=int, default=5, show_default=True, help="kill -9 of the scorer at random moments.")
-@click.option("--rate", type=float, default=1200.0, show_default=True, help="Messages produced per second.")
+@click.option("--rate", type=float, default=500.0, show_default=True, help="Messages produced per second.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
 @pass_app

@@ -50,7 +50,7 @@ def build_loop(
 ) -> ScoringLoop:
     """A loop serving the registry's current model with the configured windows, sinks and drift."""
     registry = ModelRegistry(config.registry_dir)
-    loaded = registry.load(device=str(resolve_device(config.model.device)))
+    loaded = registry.load_for_serving(device=str(resolve_device(config.model.device)))
     version = loaded.metadata.get("version", loaded.path.name)
     scorer = WindowScorer(loaded.detector, version, config.scoring.batch_size)
     w = config.windows

@@ -203,3 +203,11 @@ def test_concurrent_publishers_end_with_distinct_versions(detector, tmp_path) ->
     assert sorted(registry.versions()) == sorted(versions)
     for version in versions:
         assert registry.load(version).metadata["version"] == version
+
+
+def test_a_scorer_started_while_the_pointer_is_malformed_serves_the_newest_verified_version(detector, tmp_path) -> None:
+    registry = ModelRegistry(tmp_path)
+    registry.publish(detector, promote=True)
+    newest = registry.publish(detector)
+    (tmp_path / "CURRENT.json").write_bytes(b'{"current": 5}')
+    assert registry.load_for_serving().metadata["version"] == newest
