@@ -21,6 +21,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,8 @@ class FaultReport:
     write_failures_logged: int = 0
     hot_swapped_to: str | None = None
     final_exit_code: int | None = None
+    missing_examples: list[str] = field(default_factory=list)
+    evidence: str | None = None  # where the error log and serve logs were kept when a target was missed
     seconds: float = 0.0
 
     def headline(self) -> dict[str, Any]:
@@ -137,6 +140,10 @@ class FaultReport:
         )
         for reason in self.death_reasons:
             lines.append(f"death: {reason}")
+        if self.missing_examples:
+            lines.append("missing windows, e.g.: " + "; ".join(self.missing_examples))
+        if self.evidence:
+            lines.append(f"evidence kept in {self.evidence}")
         return "\n".join(lines)
 
 
@@ -525,11 +532,16 @@ def run_fault_benchmark(plan: FaultPlan, cache_dir: Path, progress: Any = print)
             _score(
                 report, producer, fleet, plan, work / "disk" / "error_log", read_dead_letters(bootstrap, f"{topic}-dlq")
             )
+            if report.lost_windows or report.duplicate_windows or report.consumer_deaths:
+                shutil.copytree(work / "disk" / "error_log", work / "error_log_kept")
+                report.evidence = str(work)
             swapped = report.hot_swapped_to
             if swapped is not None and not _log_has_version(work / "disk" / "error_log", swapped):
                 report.hot_swapped_to = f"{swapped} published but never served"
     finally:
         broker.stop()
+        if report.evidence is None:
+            shutil.rmtree(work, ignore_errors=True)
     report.seconds = time.monotonic() - started
     return report
 
@@ -570,5 +582,7 @@ def _score(
     present = set(keys)
     report.windows_expected = len(expected)
     report.windows_present = len(keys)
-    report.lost_windows = len(expected - present)
+    missing = sorted(expected - present)
+    report.lost_windows = len(missing)
     report.duplicate_windows = len(keys) - len(present)
+    report.missing_examples = [f"{sensor} @ {pd.Timestamp(ms, unit='ms', tz='UTC')}" for sensor, ms in missing[:5]]

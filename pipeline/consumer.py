@@ -120,7 +120,9 @@ class ScoringLoop:
         self.stats = LoopStats()
         self.source: Source | None = None
         self._emit_from: dict[TopicPartitionKey, int] = {}
-        self._processed: dict[TopicPartitionKey, int] = {}
+        self._processed: dict[TopicPartitionKey, int] = {}  # next offset to commit: never moves backwards
+        self._read_to: dict[TopicPartitionKey, int] = {}  # next offset read (lower than the above while replaying)
+        self._rewind_floor: dict[TopicPartitionKey, int] = {}  # assigned rewind point, kept until replayed
         self._stop = False
         self._latest_ts = 0.0
         self._event_clock = EventClock()
@@ -211,9 +213,14 @@ class ScoringLoop:
                 )
             self._emit_from[tp] = a.committed
             self._processed[tp] = a.committed
+            self._read_to[tp] = a.committed
+            self._rewind_floor.pop(tp, None)
             rewind = a.metadata.get("rewind_offset")
             if isinstance(rewind, int) and 0 <= rewind < a.committed and self.source is not None:
                 self.source.seek(a.topic, a.partition, rewind)
+                self._read_to[tp] = rewind
+                # until the replay is read back, the open windows of this partition exist only as this point
+                self._rewind_floor[tp] = rewind
                 log.info(
                     "%s-%d: assigned at offset %d; rebuilding windows from offset %d",
                     a.topic,
@@ -231,6 +238,8 @@ class ScoringLoop:
         for tp in partitions:
             self._emit_from.pop(tp, None)
             self._processed.pop(tp, None)
+            self._read_to.pop(tp, None)
+            self._rewind_floor.pop(tp, None)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(
@@ -335,7 +344,9 @@ class ScoringLoop:
                         windows.append(window)
             if live:
                 live_readings += len(decoded.readings)
-            self._processed[tp] = record.offset + 1
+            self._read_to[tp] = record.offset + 1
+            if record.offset + 1 > self._processed.get(tp, 0):
+                self._processed[tp] = record.offset + 1
         self._uncheckpointed += len(records)
         self.stats.messages += live_messages
         self.stats.readings += live_readings
@@ -444,12 +455,23 @@ class ScoringLoop:
         )
 
     def _commit_offsets(self) -> CommitOffsets:
-        """What to commit for everything processed so far: next offsets, each with its rewind point."""
+        """What to commit for everything processed so far: next offsets, each with its rewind point.
+
+        A partition still replaying towards its committed offset keeps the rewind point it was assigned
+        with: its windows are not rebuilt yet, so the assembler alone would forget where they start.
+        """
         rewind = self.assembler.rewind_offsets()
-        return {
-            tp: (offset, {"v": 1, "rewind_offset": min(rewind.get(tp, offset), offset)})
-            for tp, offset in self._processed.items()
-        }
+        offsets: CommitOffsets = {}
+        for tp, offset in self._processed.items():
+            point = min(rewind.get(tp, offset), offset)
+            floor = self._rewind_floor.get(tp)
+            if floor is not None:
+                if self._read_to.get(tp, offset) >= self._emit_from.get(tp, 0):
+                    del self._rewind_floor[tp]  # replayed: the assembler holds those readings again
+                else:
+                    point = min(point, floor)
+            offsets[tp] = (offset, {"v": 1, "rewind_offset": point})
+        return offsets
 
     def _durably(self, write: Callable[[], Any], sink: str) -> None:
         """Run ``write`` under the retry policy: a failing disk or broker is waited out, never skipped."""

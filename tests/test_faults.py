@@ -211,3 +211,28 @@ def test_a_scorer_started_while_the_pointer_is_malformed_serves_the_newest_verif
     newest = registry.publish(detector)
     (tmp_path / "CURRENT.json").write_bytes(b'{"current": 5}')
     assert registry.load_for_serving().metadata["version"] == newest
+
+
+def test_a_partition_not_yet_replayed_keeps_its_rewind_point_in_every_commit(detector, tmp_path) -> None:
+    """Found by the fault benchmark: a checkpoint before partition 1's replay was read committed it with no
+    rewind point, so the next start lost the first windows of its sensors."""
+    from pipeline.sources import Assignment
+
+    loop = loop_for(detector, tmp_path, pipelined=False)
+    source = ListSource(stream(20, 1), batch=8)  # partition 0 only
+    loop.source = source
+    loop.on_assigned([Assignment("t", 0, 0, {}), Assignment("t", 1, 500, {"v": 1, "rewind_offset": 470})])
+    source.position = 0  # the seek of partition 1 does not apply to partition 0's records
+    loop.process(source.poll(0, 8))
+    loop.checkpoint()
+    offset, metadata = source.commits[-1][("t", 1)]
+    assert (offset, metadata["rewind_offset"]) == (500, 470)
+    replay = [
+        Record("t", 1, 470 + i, None, encode_readings([{"sensor_id": "p1", "ts": T0 + i, "values": {"a": 0, "b": 0}}]))
+        for i in range(30)
+    ]
+    loop.process(replay)  # read back to offset 500: the assembler holds those readings again
+    loop.checkpoint()
+    offset, metadata = source.commits[-1][("t", 1)]
+    assert offset == 500
+    assert metadata["rewind_offset"] == 500 - WINDOW  # the sensor's buffer: its last WINDOW readings
