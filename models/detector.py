@@ -29,25 +29,48 @@ from models.preprocessing import StandardScaler, finite_windows, window_end_rows
 from models.regimes import Regimes, window_levels
 from models.scoring import WindowScores, reconstruction_errors
 from models.threshold import AlarmFilter, QuantileRule, Threshold, ThresholdRule
-from models.training import TrainingConfig, TrainingResult, resolve_device, split_in_time, train_autoencoder
+from models.training import TrainingConfig, TrainingResult, resolve_device, train_autoencoder
+
+MIN_TRAIN_WINDOWS = 64
+MIN_CALIBRATION_WINDOWS = 20
 
 
-def _train_val_windows(
-    segments: Sequence[np.ndarray], scaler: StandardScaler, window: int, val_fraction: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Finite windows of every segment, each split in time; concatenated train and validation parts."""
-    train_parts, val_parts = [], []
+class NotEnoughDataError(ValueError):
+    """Too few normal readings to train and calibrate; the message says how many are needed."""
+
+
+def _split_windows(
+    segments: Sequence[np.ndarray], scaler: StandardScaler, window: int, val_fraction: float, cal_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Finite windows of every segment, split in time: train | early-stopping validation | calibration.
+
+    The three parts of a segment are separated by ``window - 1`` windows, so no reading is shared
+    between them: the threshold is calibrated on errors the weights were neither trained nor selected on.
+    """
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    gap = window - 1
     for segment in segments:
         windows = scaler.scaled_windows(segment, window)
         windows = windows[finite_windows(windows)]
-        if len(windows) == 0:
+        n = len(windows)
+        n_cal, n_val = round(n * cal_fraction), max(1, round(n * val_fraction))
+        n_train = n - n_cal - n_val - 2 * gap
+        if n_train < 1 or n_cal < 1:
             continue
-        train, val = split_in_time(windows, val_fraction)
-        train_parts.append(train)
-        val_parts.append(val)
-    if not train_parts:
-        raise ValueError(f"no segment has a full finite window of {window} readings to train on")
-    return np.concatenate(train_parts), np.concatenate(val_parts)
+        parts[0].append(windows[:n_train])
+        parts[1].append(windows[n_train + gap : n_train + gap + n_val])
+        parts[2].append(windows[n - n_cal :])
+    train, val, cal = (np.concatenate(p) if p else np.empty((0, window, scaler.n_channels), np.float32) for p in parts)
+    if len(train) < MIN_TRAIN_WINDOWS or len(cal) < MIN_CALIBRATION_WINDOWS:
+        share = 1.0 - val_fraction - cal_fraction
+        windows_needed = max(MIN_CALIBRATION_WINDOWS / cal_fraction, (MIN_TRAIN_WINDOWS + 2 * gap) / share)
+        raise NotEnoughDataError(
+            f"too little normal data: {sum(len(s) for s in segments):,} readings in {len(segments)} segment(s) give "
+            f"{len(train)} training and {len(cal)} calibration windows of {window} readings; driftline needs at "
+            f"least {MIN_TRAIN_WINDOWS} and {MIN_CALIBRATION_WINDOWS}, i.e. about {int(windows_needed) + window:,} "
+            "consecutive normal readings (or a shorter model.window)"
+        )
+    return train, val, cal
 
 
 def _channel_indices(selected: Sequence[str | int], channels: Sequence[str] | None, n_channels: int) -> tuple[int, ...]:
@@ -144,6 +167,7 @@ class AnomalyDetector:
         training: TrainingConfig = TrainingConfig(),
         rule: ThresholdRule = QuantileRule(0.99),
         threshold_margin: float = 1.0,
+        calibration_fraction: float = 0.2,
         alarm: AlarmFilter = AlarmFilter(),
         channels: tuple[str, ...] | None = None,
         relative_channels: Sequence[str | int] = (),
@@ -151,7 +175,10 @@ class AnomalyDetector:
         """Train on normal ``readings`` ``[time, channels]``; calibrate ``rule`` on held-out windows.
 
         ``readings`` may also be a list of segments (one per sensor or per file): windows never cross
-        a segment boundary and each segment's time-ordered tail goes to validation.
+        a segment boundary. Each segment is split in time into training, early-stopping validation and
+        (its last ``calibration_fraction``) calibration windows: ``rule`` is fitted on errors of windows
+        the weights were neither trained nor selected on (:class:`models.threshold.TargetFarRule` states
+        it as a per-window false-alarm rate). Too little data raises :class:`NotEnoughDataError`.
 
         The calibrated threshold is multiplied by ``threshold_margin`` (>1 trades misses for fewer
         false alarms when normal operation outside the training period varies more than inside it).
@@ -161,13 +188,13 @@ class AnomalyDetector:
         segments = [readings] if isinstance(readings, np.ndarray) else list(readings)
         relative = _channel_indices(relative_channels, channels, segments[0].shape[1])
         scaler = StandardScaler.fit(np.concatenate(segments), relative)
-        train, val = _train_val_windows(segments, scaler, window, training.val_fraction)
+        train, val, cal = _split_windows(segments, scaler, window, training.val_fraction, calibration_fraction)
         config = LSTMAEConfig(segments[0].shape[1], window, hidden_size, num_layers, latent_size, dropout)
         torch.manual_seed(training.seed)  # the initial weights too, not only the batch order
         model = LSTMAutoencoder(config)
         result = train_autoencoder(model, train, training, val_windows=val)
         detector = cls(model, scaler, alarm=alarm, channels=channels, training=result)
-        detector.threshold = rule.fit(reconstruction_errors(model, val).error).with_margin(threshold_margin)
+        detector.threshold = rule.fit(reconstruction_errors(model, cal).error).with_margin(threshold_margin)
         return detector
 
     def fine_tune(
@@ -178,10 +205,10 @@ class AnomalyDetector:
     ) -> TrainingResult:
         """Continue training on new normal ``readings`` (scaler kept); recalibrate if ``rule`` is given."""
         segments = [readings] if isinstance(readings, np.ndarray) else list(readings)
-        train, val = _train_val_windows(segments, self.scaler, self.window, training.val_fraction)
+        train, val, cal = _split_windows(segments, self.scaler, self.window, training.val_fraction, 0.2)
         self.training = train_autoencoder(self.model, train, training, val_windows=val)
         if rule is not None:
-            self.threshold = rule.fit(reconstruction_errors(self.model, val).error)
+            self.threshold = rule.fit(reconstruction_errors(self.model, cal).error)
             self.regimes = None
         return self.training
 

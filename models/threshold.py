@@ -33,7 +33,7 @@ class Threshold:
 
     value: float
     rule: str
-    params: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     calibration_size: int = 0
 
     def with_margin(self, margin: float) -> Threshold:
@@ -130,7 +130,65 @@ class PeaksOverThresholdRule:
         )
 
 
-RULES: dict[str, type] = {"quantile": QuantileRule, "mean_std": MeanStdRule, "pot": PeaksOverThresholdRule}
+# Errors are mean squared errors of standard-scaled readings: below this a threshold would alarm on
+# float noise (a constant or near-constant stream reconstructs to ~0), so no threshold is set lower.
+MIN_THRESHOLD = 1e-3
+
+
+@dataclass(frozen=True)
+class TargetFarRule:
+    """The threshold that a ``target_far`` share of normal windows exceed (a per-window false-alarm rate).
+
+    With at least ``min_exceedances`` calibration errors expected above it, the empirical ``1 - target_far``
+    quantile; with fewer (a thin tail: small calibration sets, rare targets) the extreme-value rule
+    extrapolates instead, fitting a generalized Pareto tail to the top ``min_exceedances`` errors. Never
+    below :data:`MIN_THRESHOLD`, so a constant stream still gets a usable threshold.
+
+    >>> rng = np.random.default_rng(1)
+    >>> rule = TargetFarRule(0.01)
+    >>> big = rule.fit(rng.exponential(1.0, 20_000))
+    >>> big.params["method"], round(big.value, 1)  # exp(1): the 99 % quantile is ln(100) = 4.6
+    ('quantile', 4.6)
+    >>> small = rule.fit(rng.exponential(1.0, 300))
+    >>> small.params["method"], 3.5 < small.value < 6.5
+    ('pot', True)
+    >>> rule.fit(np.zeros(500)).value == MIN_THRESHOLD
+    True
+    """
+
+    target_far: float = 0.01
+    min_exceedances: int = 10
+    floor: float = MIN_THRESHOLD
+    name: str = "target_far"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_far < 0.5:
+            raise ValueError(f"target_far must be in (0, 0.5), got {self.target_far}")
+
+    def fit(self, errors: np.ndarray) -> Threshold:
+        errors = _clean(errors)
+        n = errors.size
+        params: dict[str, Any] = {"target_far": self.target_far}
+        if n * self.target_far >= self.min_exceedances or n <= self.min_exceedances * 2:
+            value = float(np.quantile(errors, 1.0 - self.target_far, method="higher"))
+            params["method"] = "quantile"
+        else:
+            initial_quantile = 1.0 - self.min_exceedances / n
+            tail = PeaksOverThresholdRule(risk=self.target_far, initial_quantile=initial_quantile).fit(errors)
+            value = tail.value
+            params |= {"method": "pot", **{k: v for k, v in tail.params.items() if k.startswith(("gpd", "fallback"))}}
+        if value < self.floor:
+            params["floored_from"] = value
+            value = self.floor
+        return Threshold(value, self.name, params, n)
+
+
+RULES: dict[str, type] = {
+    "quantile": QuantileRule,
+    "mean_std": MeanStdRule,
+    "pot": PeaksOverThresholdRule,
+    "target_far": TargetFarRule,
+}
 
 
 def make_rule(name: str, **params: float) -> ThresholdRule:

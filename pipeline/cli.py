@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -395,6 +396,67 @@ def benchmark_throughput(
     click.echo(result.table())
     if as_json:
         click.echo(json.dumps(result.headline()))
+
+
+@benchmark.command("tep")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Braatz TEP folder (default: benchmarks.tep_dir).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
+@pass_app
+def benchmark_tep(app: _AppContext, data_dir: Path | None, as_json: bool) -> None:
+    """Tennessee Eastman (Braatz): detection per fault, pre-fault alarms, delay and FAR, beside PCA T^2 / Q.
+
+    driftline runs with the configuration's model settings (model.window, hidden_size, latent_size,
+    target_far) and training settings: the same for every data set, never tuned on TEP's faults.
+    """
+    from benchmarks.tep import run_tep
+
+    config = app.config
+    model = config.model
+    training = replace(config.training, progress=False)
+    report = run_tep(
+        data_dir or config.benchmarks.tep_dir,
+        window=model.window,
+        hidden_size=model.hidden_size,
+        latent_size=model.latent_size,
+        target_far=model.target_far,
+        training=training,
+    )
+    click.echo(report.table())
+    if as_json:
+        click.echo(json.dumps(report.headline()))
+
+
+@benchmark.command("calibration")
+@click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
+@pass_app
+def benchmark_calibration(app: _AppContext, as_json: bool) -> None:
+    """Nominal vs observed false-alarm rate on held-out normal data (TEP, SKAB, simulator, 5-minute stream)."""
+    from benchmarks.calibration import format_table, headline, normal_sets, timed_run
+
+    config = app.config
+    model = config.model
+    sets = normal_sets(config.benchmarks.tep_dir, config.benchmarks.skab_dir)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(sets), desc="calibration sets", unit="set") as progress:
+        results, seconds = timed_run(
+            sets=sets,
+            window=model.window,
+            hidden_size=model.hidden_size,
+            latent_size=model.latent_size,
+            target_far=model.target_far,
+            training=replace(config.training, progress=False),
+            on_result=lambda _: progress.update(1),
+        )
+    click.echo(format_table(results, seconds))
+    if as_json:
+        click.echo(json.dumps(headline(results)))
 
 
 @benchmark.command("faults")

@@ -110,9 +110,16 @@ class ModelSettings(_Section):
     latent_size: int = Field(8, ge=1)
     num_layers: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    threshold_rule: Literal["quantile", "mean_std", "pot"] = "quantile"
+    threshold_rule: Literal["quantile", "mean_std", "pot", "target_far"] = "quantile"
     threshold_params: dict[str, float] = Field(default_factory=lambda: {"q": 0.99})
     threshold_margin: float = Field(1.0, gt=0.0, description="Multiplier on the calibrated threshold.")
+    target_far: float = Field(
+        0.01,
+        gt=0.0,
+        lt=0.5,
+        description="Share of normal windows allowed over the threshold (threshold_rule = 'target_far'); "
+        "k-of-n alarms lower the alarm rate below it.",
+    )
     alarm_k: int = Field(1, ge=1, description="Alarm when alarm_k of the last alarm_n windows exceed.")
     alarm_n: int = Field(1, ge=1)
     relative_channels: list[str] = Field(
@@ -132,7 +139,11 @@ class ModelSettings(_Section):
             "latent_size": self.latent_size,
             "num_layers": self.num_layers,
             "dropout": self.dropout,
-            "rule": make_rule(self.threshold_rule, **self.threshold_params),
+            "rule": (
+                make_rule("target_far", target_far=self.target_far)
+                if self.threshold_rule == "target_far"
+                else make_rule(self.threshold_rule, **self.threshold_params)
+            ),
             "threshold_margin": self.threshold_margin,
             "alarm": AlarmFilter(self.alarm_k, self.alarm_n),
             "relative_channels": tuple(self.relative_channels),
@@ -237,6 +248,7 @@ class RetrainSettings(_Section):
 
 class BenchmarkSettings(_Section):
     skab_dir: Path = Field(Path("../shared/data/skab"), description="SKAB v0.9 folder (valve1, valve2, other).")
+    tep_dir: Path = Field(Path("../shared/data/tep"), description="Tennessee Eastman (Braatz) folder, d00.dat ...")
 
 
 class DriftlineConfig(_Section):

@@ -1,0 +1,175 @@
+"""Calibration benchmark: does a threshold set for a nominal false-alarm rate keep it on new normal data?
+
+For each held-out normal set a detector is fitted on normal data only, with the configuration's model
+settings and its threshold at ``model.target_far`` (a per-window rate, k-of-n off), and the share of
+windows over the threshold is measured on normal data it never saw:
+
+- ``tep``: fit on TEP ``d00.dat`` (25 h), observe on ``d00_te.dat`` (48 h of another run);
+- ``skab``: fit on the first 2,000 rows of SKAB's ``anomaly-free.csv``, observe on the other 7,405;
+- ``simulator``: fit on a fleet of 4 simulated sensors, observe on a fresh fleet (other seed);
+- ``five_minute``: the simulator sampled every 5 minutes (every 300th reading), fit on the first 40 %
+  of each sensor, observe on the rest.
+
+Target: observed within [0.5x, 2x] of nominal on every set. No labels are involved anywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.tep import load_tep
+from models.detector import AnomalyDetector
+from models.skab import CHANNELS as SKAB_CHANNELS
+from models.threshold import TargetFarRule
+from models.training import TrainingConfig
+from pipeline.simulator import FleetSpec, simulate_fleet
+
+TARGET_BAND = (0.5, 2.0)
+
+
+@dataclass(frozen=True)
+class NormalSet:
+    """Normal segments to fit on and normal segments to observe the alarm rate on."""
+
+    name: str
+    fit: list[np.ndarray]
+    observe: list[np.ndarray]
+    description: str
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    name: str
+    description: str
+    nominal: float
+    observed: float
+    windows: int
+    threshold: float
+    method: str
+
+    @property
+    def ratio(self) -> float:
+        return self.observed / self.nominal
+
+    @property
+    def within_target(self) -> bool:
+        return TARGET_BAND[0] <= self.ratio <= TARGET_BAND[1]
+
+
+def _fleet_segments(spec: FleetSpec) -> list[np.ndarray]:
+    fleet = simulate_fleet(spec)
+    return [group[list(spec.channels)].to_numpy() for _, group in fleet.groupby("sensor_id")]
+
+
+def normal_sets(tep_dir: Path | None, skab_dir: Path | None) -> list[NormalSet]:
+    """The held-out normal sets whose data are present (TEP and SKAB are skipped when their folder is absent)."""
+    sets = []
+    if tep_dir is not None and (tep_dir / "d00.dat").is_file():
+        tep = load_tep(tep_dir)
+        sets.append(NormalSet("tep", [tep.train], [tep.normal_test], "TEP d00.dat -> d00_te.dat"))
+    free = skab_dir / "anomaly-free" / "anomaly-free.csv" if skab_dir is not None else None
+    if free is not None and free.is_file():
+        frame = pd.read_csv(free, sep=";", index_col="datetime", parse_dates=True).sort_index()
+        values = frame[list(SKAB_CHANNELS)].to_numpy(dtype=float)
+        sets.append(NormalSet("skab", [values[:2000]], [values[2000:]], "SKAB anomaly-free, rows 1-2,000 -> rest"))
+    base = FleetSpec(sensors=4, rows=3000, anomalies_per_sensor=0)
+    sets.append(
+        NormalSet(
+            "simulator",
+            _fleet_segments(FleetSpec(**{**base.__dict__, "seed": 101})),
+            _fleet_segments(FleetSpec(**{**base.__dict__, "seed": 202})),
+            "simulated fleet seed 101 -> fresh fleet seed 202",
+        )
+    )
+    slow = [s[::300] for s in _fleet_segments(FleetSpec(sensors=3, rows=2500 * 300, anomalies_per_sensor=0, seed=7))]
+    split = [int(len(s) * 0.4) for s in slow]
+    sets.append(
+        NormalSet(
+            "five_minute",
+            [s[:k] for s, k in zip(slow, split, strict=True)],
+            [s[k:] for s, k in zip(slow, split, strict=True)],
+            "simulator sampled every 5 min, first 40 % -> rest",
+        )
+    )
+    return sets
+
+
+def observed_rate(detector: AnomalyDetector, segments: Sequence[np.ndarray]) -> tuple[float, int]:
+    """Share of windows of ``segments`` over the detector's threshold (before any k-of-n filter)."""
+    exceeded = np.concatenate([detector.predict(segment).exceeded for segment in segments])
+    return float(exceeded.mean()), int(exceeded.size)
+
+
+def run_calibration(
+    sets: Sequence[NormalSet],
+    *,
+    window: int,
+    hidden_size: int,
+    latent_size: int,
+    target_far: float,
+    training: TrainingConfig,
+    on_result: Callable[[CalibrationResult], None] | None = None,
+) -> list[CalibrationResult]:
+    results = []
+    for normal in sets:
+        detector = AnomalyDetector.fit(
+            normal.fit,
+            window=window,
+            hidden_size=hidden_size,
+            latent_size=latent_size,
+            training=training,
+            rule=TargetFarRule(target_far),
+        )
+        observed, windows = observed_rate(detector, normal.observe)
+        assert detector.threshold is not None
+        result = CalibrationResult(
+            normal.name,
+            normal.description,
+            target_far,
+            observed,
+            windows,
+            detector.threshold.value,
+            str(detector.threshold.params.get("method", detector.threshold.rule)),
+        )
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def format_table(results: Sequence[CalibrationResult], seconds: float) -> str:
+    lines = [
+        f"calibration: nominal vs observed per-window alarm rate on held-out normal data ({seconds:.0f} s)",
+        "",
+        f"{'set':<13}{'nominal':>9}{'observed':>10}{'ratio':>8}{'in [0.5x, 2x]':>15}{'windows':>9}"
+        f"{'threshold':>11}  {'rule':<9}  data",
+    ]
+    for r in results:
+        lines.append(
+            f"{r.name:<13}{r.nominal:>9.2%}{r.observed:>10.2%}{r.ratio:>8.2f}{'yes' if r.within_target else 'no':>15}"
+            f"{r.windows:>9,}{r.threshold:>11.4f}  {r.method:<9}  {r.description}"
+        )
+    return "\n".join(lines)
+
+
+def headline(results: Sequence[CalibrationResult]) -> dict[str, Any]:
+    out: dict[str, Any] = {"nominal_far": results[0].nominal if results else None}
+    for r in results:
+        out[f"observed_far_{r.name}"] = round(r.observed, 5)
+        out[f"ratio_{r.name}"] = round(r.ratio, 3)
+    out["sets_within_target"] = sum(r.within_target for r in results)
+    out["sets"] = len(results)
+    return out
+
+
+def timed_run(**kwargs: Any) -> tuple[list[CalibrationResult], float]:
+    started = time.monotonic()
+    results = run_calibration(**kwargs)
+    return results, time.monotonic() - started
