@@ -181,13 +181,14 @@ def normal_windows(
     window: int,
     keep: Collection[tuple[str, int]] | None = None,
     max_fill_s: float = 5.0,
+    sample_period_s: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw windows ``[n, window, channels]`` of every sensor in end-time order, and their end times.
 
     ``keep``: only windows whose (sensor_id, end in ms) it holds (see :func:`learnable_windows`);
     None keeps every window.
     """
-    assembler = WindowAssembler(window, max_fill_s=max_fill_s, idle_ttl_s=float("inf"))
+    assembler = WindowAssembler(window, sample_period_s=sample_period_s, max_fill_s=max_fill_s, idle_ttl_s=float("inf"))
     values = readings[list(channels)].to_numpy(dtype=np.float64)
     out, ends = [], []
     order = np.argsort(readings["ts"].to_numpy(), kind="stable")
@@ -354,7 +355,8 @@ def retrain_once(
             "the error log holds no window since %s: learning from every recent window, none was judged",
             datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
         )
-    recent, _ = normal_windows(readings, current.channels, current.window, keep, config.windows.max_fill_s)
+    period, max_fill = config.windows.clock(current.sample_period_s)
+    recent, _ = normal_windows(readings, current.channels, current.window, keep, max_fill, period)
     replay_path = config.data_dir / "replay" / "buffer.npz"
     replay = ReplayBuffer.load(replay_path, current.window, len(current.channels), settings.replay_capacity)
     training = replace(config.training, epochs=settings.epochs, device="cpu", progress=False)

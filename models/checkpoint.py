@@ -130,6 +130,7 @@ def save_checkpoint(
             "scaler": detector.scaler.to_dict(),
             "threshold": detector.threshold.to_dict() if detector.threshold else None,
             "regimes": detector.regimes.to_list() if detector.regimes else None,
+            "sample_period_s": detector.sample_period_s,
             "alarm": {"k": detector.alarm.k, "n": detector.alarm.n},
             "training": detector.training.to_dict() if detector.training else None,
             "data_fingerprint": fingerprint.__dict__ if fingerprint else None,
@@ -204,4 +205,7 @@ def load_checkpoint(path: Path, device: str = "cpu") -> LoadedCheckpoint:
         raise CheckpointError(f"checkpoint {path}: {len(channels)} channel names for {config.n_channels} channels")
     model.to(device).eval()
     detector = AnomalyDetector(model, scaler, threshold, alarm, channels, regimes=regimes)
+    period = metadata.get("sample_period_s")
+    if isinstance(period, (int, float)) and not isinstance(period, bool) and period > 0:
+        detector.sample_period_s = float(period)
     return LoadedCheckpoint(detector, metadata, path)

@@ -149,6 +149,8 @@ class AnomalyDetector:
         self.alarm = alarm
         self.channels = channels or tuple(f"ch{i}" for i in range(scaler.n_channels))
         self.training = training
+        # seconds between readings of the training data (None: unknown, e.g. an older checkpoint)
+        self.sample_period_s: float | None = None
 
     @property
     def window(self) -> int:

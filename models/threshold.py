@@ -173,14 +173,30 @@ class TargetFarRule:
             value = float(np.quantile(errors, 1.0 - self.target_far, method="higher"))
             params["method"] = "quantile"
         else:
-            initial_quantile = 1.0 - self.min_exceedances / n
-            tail = PeaksOverThresholdRule(risk=self.target_far, initial_quantile=initial_quantile).fit(errors)
-            value = tail.value
-            params |= {"method": "pot", **{k: v for k, v in tail.params.items() if k.startswith(("gpd", "fallback"))}}
+            value, tail = self._tail(errors)
+            params |= {"method": "pot", **tail}
         if value < self.floor:
             params["floored_from"] = value
             value = self.floor
         return Threshold(value, self.name, params, n)
+
+    def _tail(self, errors: np.ndarray) -> tuple[float, dict[str, float]]:
+        """Extrapolate past the data: a generalized Pareto tail over the top tenth (at least
+        ``min_exceedances`` errors, at most 200). A fitted shape below -0.5 (a bounded tail that ~30
+        points cannot support) falls back to the exponential tail (shape 0), which does not undershoot."""
+        n = errors.size
+        peaks = int(min(max(self.min_exceedances, n // 10), 200))
+        initial = float(np.sort(errors)[n - peaks - 1])
+        excesses = errors[errors > initial] - initial
+        ratio = self.target_far * n / max(excesses.size, 1)
+        if excesses.size < 5 or np.ptp(excesses) == 0:
+            return float(errors.max()), {"fallback": 1.0}
+        shape, _, scale = stats.genpareto.fit(excesses, floc=0.0)
+        if shape < -0.5 or abs(shape) < 1e-6:
+            scale = float(excesses.mean())
+            return float(initial - scale * np.log(ratio)), {"gpd_shape": 0.0, "gpd_scale": scale}
+        value = initial + scale / shape * (ratio ** (-shape) - 1.0)
+        return float(max(value, initial)), {"gpd_shape": float(shape), "gpd_scale": float(scale)}
 
 
 RULES: dict[str, type] = {

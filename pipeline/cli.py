@@ -7,11 +7,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
+import pandas as pd
 
 from pipeline import __version__
 from pipeline.config import ConfigError, DriftlineConfig, load_config
@@ -200,7 +203,7 @@ def train(
 
     from models.checkpoint import DataFingerprint
     from models.data_io import channel_columns, read_readings
-    from models.detector import AnomalyDetector
+    from models.detector import AnomalyDetector, NotEnoughDataError
     from models.registry import ModelRegistry
 
     config = app.config
@@ -211,9 +214,14 @@ def train(
         groups = [g for _, g in frame.groupby("sensor_id", sort=True)] if "sensor_id" in frame else [frame]
         frames.extend(group.iloc[:rows] for group in groups)
     names = channel_columns(frames[0], channels.split(",") if channels else None)
-    segments = [frame[names].to_numpy(dtype=float) for frame in frames]
+    period = config.windows.sample_period_s or _learned_period(frames)
+    segments = [segment for frame in frames for segment in _clocked_segments(frame, names, config, period)]
     training = replace(config.training, device=device or settings.device)
-    detector = AnomalyDetector.fit(segments, training=training, channels=tuple(names), **settings.fit_options())
+    try:
+        detector = AnomalyDetector.fit(segments, training=training, channels=tuple(names), **settings.fit_options())
+    except NotEnoughDataError as error:
+        raise click.ClickException(str(error)) from None
+    detector.sample_period_s = period
     fingerprint = DataFingerprint.of(
         np.concatenate(segments),
         sources=[str(p) for p in data_paths],
@@ -230,9 +238,52 @@ def train(
         f"({result.n_train_windows:,} train / {result.n_val_windows:,} validation windows, "
         f"best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}, "
         f"{result.seconds:.1f}s on {result.device})\n"
-        f"threshold {threshold.value:.4f} ({threshold.rule} {threshold.params})\n"
+        f"threshold {threshold.value:.4f} ({threshold.rule} {threshold.params}); "
+        f"sample period {period:g} s ({'windows.sample_period_s' if config.windows.sample_period_s else 'learned'})\n"
         f"registry {config.registry_dir} current={registry.current_version()}"
     )
+
+
+def _learned_period(frames: list[pd.DataFrame]) -> float | None:
+    """The median interval of the frames' time indexes (None without timestamps)."""
+    from pipeline.windows import infer_sample_period
+
+    intervals = [
+        infer_sample_period(_epoch_index(frame)) for frame in frames if isinstance(frame.index, pd.DatetimeIndex)
+    ]
+    known = [i for i in intervals if i is not None]
+    return float(np.median(known)) if known else None
+
+
+def _epoch_index(frame: pd.DataFrame) -> np.ndarray:
+    index = pd.DatetimeIndex(frame.index)
+    index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
+    return (index - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+
+
+def _clocked_segments(
+    frame: pd.DataFrame,
+    channels: Sequence[str],
+    config: DriftlineConfig,
+    period: float | None,
+    *,
+    with_index: bool = False,
+) -> list[Any]:
+    """The frame's readings cut and filled by the serving rules (``pipeline.windows.regular_segments``).
+
+    A frame without timestamps is one segment of consecutive rows. With ``with_index`` each segment comes
+    with its timestamps: ``(values, DatetimeIndex)``.
+    """
+    from pipeline.windows import regular_segments
+
+    values = frame[list(channels)].to_numpy(dtype=float)
+    if period is None or not isinstance(frame.index, pd.DatetimeIndex):
+        return [(values, frame.index)] if with_index else [values]
+    sample_period, max_fill = config.windows.clock(period)
+    segments = regular_segments(_epoch_index(frame), values, sample_period, max_fill)
+    if with_index:
+        return [(v, pd.to_datetime(t, unit="s", utc=True)) for t, v in segments]
+    return [v for _, v in segments]
 
 
 @cli.command()
@@ -260,8 +311,22 @@ def score(app: _AppContext, data_path: Path, out_path: Path, version: str | None
         raise click.ClickException(str(error)) from None
     detector = loaded.detector
     frame = read_readings(data_path)
-    detection = detector.predict(frame[list(detector.channels)].to_numpy(dtype=float))
-    scores = detection.to_frame(frame.index, detector.window, detector.channels)
+    period = app.config.windows.sample_period_s or detector.sample_period_s or _learned_period([frame])
+    groups = [g for _, g in frame.groupby("sensor_id", sort=True)] if "sensor_id" in frame else [frame]
+    parts = []
+    for group in groups:
+        for values, stamps in _clocked_segments(group, detector.channels, app.config, period, with_index=True):
+            if len(values) < detector.window:
+                continue
+            part = detector.predict(values).to_frame(stamps, detector.window, detector.channels)
+            if "sensor_id" in group:
+                part.insert(0, "sensor_id", group["sensor_id"].iloc[0])
+            parts.append(part)
+    if not parts:
+        raise click.ClickException(
+            f"no full window of {detector.window} readings in {data_path} at a sample period of {period:g} s"
+        )
+    scores = pd.concat(parts, ignore_index=True)
     scores["model_version"] = loaded.metadata.get("version", loaded.path.name)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     scores.to_parquet(out_path, index=False)
@@ -673,8 +738,11 @@ def serve(
     click.echo(
         f"stopped: {stats.messages:,} messages, {stats.readings:,} readings, {stats.windows:,} windows scored, "
         f"{stats.anomalies:,} anomalous, {stats.dead_letters:,} dead letters, {stats.drift_events:,} drift events, "
-        f"{stats.commits:,} commits; error log {config.error_log_dir}"
+        f"{stats.commits:,} commits, {stats.gap_restarts:,} gap restarts, "
+        f"{stats.readings_without_window:,} readings never in a full window; error log {config.error_log_dir}"
     )
+    if stats.clock_warning:
+        click.echo(f"warning: {stats.clock_warning}", err=True)
 
 
 @cli.command()

@@ -154,8 +154,20 @@ class WindowSettings(_Section):
     """How readings become windows (the window length itself comes from the model)."""
 
     stride: int = Field(1, ge=1, description="Emit a window every `stride` sample periods.")
-    sample_period_s: float = Field(1.0, gt=0, description="Expected spacing of readings.")
-    max_fill_s: float = Field(5.0, ge=0, description="Forward-fill gaps up to this; longer gaps restart.")
+    sample_period_s: float | None = Field(
+        None, gt=0, description="Spacing of readings; default: learned from the training data (in the checkpoint)."
+    )
+    max_fill_s: float | None = Field(
+        None, ge=0, description="Forward-fill gaps up to this; longer gaps restart (default: 5 sample periods)."
+    )
+
+    def clock(self, model_period_s: float | None) -> tuple[float, float]:
+        """(sample period, max fill) in seconds: this section's values, else the model's period, else 1 s."""
+        from pipeline.windows import default_max_fill_s
+
+        period = self.sample_period_s or model_period_s or 1.0
+        return period, self.max_fill_s if self.max_fill_s is not None else default_max_fill_s(period)
+
     idle_ttl_s: float = Field(3600.0, gt=0, description="Forget a sensor silent this long (event time).")
 
 

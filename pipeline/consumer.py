@@ -73,6 +73,9 @@ class LoopStats:
     batches: int = 0
     model_swaps: int = 0
     swap_pause_ms: float | None = None  # longest gap between two scored batches across a model swap
+    gap_restarts: int = 0
+    readings_without_window: int = 0
+    clock_warning: str | None = None  # set at the end when most readings never reached a full window
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,9 @@ class ScoringLoop:
         self._stop = False
         self._latest_ts = 0.0
         self._event_clock = EventClock()
+        self._intervals = IntervalTracker()
+        self._period_checked = False
+        self._gap_restarts_seen = 0
         self._last_activity = time.monotonic()
         # the scorer stage (None: score on the calling thread) and what was handed to it
         self._worker: ThreadPoolExecutor | None = None
@@ -175,6 +181,39 @@ class ScoringLoop:
             "last_commit_age_s": None if commit_age is None else round(commit_age, 3),
             "partitions": len(self._emit_from),
         }
+
+    def _check_period(self) -> None:
+        """Once enough intervals are seen: warn if the stream's spacing disagrees with the windows' period."""
+        if self._period_checked or self._intervals.count < 200:
+            return
+        self._period_checked = True
+        observed, period = self._intervals.median(), self.assembler.sample_period_s
+        if observed is not None and not 0.8 <= observed / period <= 1.25:
+            log.warning(
+                "readings arrive every %g s (median interval per sensor) but windows are built for one every %g s "
+                "(the model's sample period or windows.sample_period_s); gaps over windows.max_fill_s = %g s "
+                "restart windows. Set windows.sample_period_s or retrain on this stream",
+                observed,
+                period,
+                self.assembler.max_fill_s,
+            )
+
+    def clock_report(self) -> str | None:
+        """A warning for the end-of-run summary when most readings never reached a full window, else None."""
+        without = self.assembler.readings_without_window()
+        readings = self.assembler.stats.accepted
+        if readings == 0 or without / readings <= 0.5:
+            return None
+        observed = self._intervals.median()
+        interval = f"{observed:g}" if observed is not None else "unknown"
+        return (
+            f"{without:,} of {readings:,} readings never reached a full window of {self.assembler.length}: "
+            f"{self.assembler.stats.gap_restarts:,} gap restarts; the stream's median interval is "
+            f"{interval} s, windows expect {self.assembler.sample_period_s:g} s "
+            f"and restart after gaps over {self.assembler.max_fill_s:g} s. Likely cause: a sample period that does "
+            "not match the stream (set windows.sample_period_s, or retrain on this stream), or sensors that "
+            "send fewer readings than one window"
+        )
 
     def _ts_range(self) -> tuple[float, float]:
         """Timestamps accepted now: from ``min_ts`` to the wall clock plus ``max_future_skew_s``."""
@@ -303,6 +342,11 @@ class ScoringLoop:
                     self._worker.shutdown(wait=True)
                     self._worker = None
                 source.close()
+        self.stats.gap_restarts = self.assembler.stats.gap_restarts
+        self.stats.readings_without_window = self.assembler.readings_without_window()
+        self.stats.clock_warning = self.clock_report()
+        if self.stats.clock_warning:
+            log.warning("%s", self.stats.clock_warning)
         return self.stats
 
     def process(self, records: list[Record]) -> None:
@@ -338,6 +382,7 @@ class ScoringLoop:
                 if reading.ts > self._latest_ts:
                     self._latest_ts = reading.ts
                 self._event_clock.observe(reading.ts)
+                self._intervals.observe(reading.sensor_id, reading.ts)
                 position = (record.topic, record.partition, record.offset)
                 for window in self.assembler.add(reading.sensor_id, reading.ts, reading.values, position):
                     if window.end_position[2] >= emit_from:
@@ -355,6 +400,11 @@ class ScoringLoop:
         late = self.assembler.stats.late + self.assembler.stats.duplicates - late_before
         if late:
             self.metrics.late_readings.inc(late)
+        restarts = self.assembler.stats.gap_restarts - self._gap_restarts_seen
+        if restarts:
+            self.metrics.gap_restarts.inc(restarts)
+            self._gap_restarts_seen += restarts
+        self._check_period()
         evicted = self.assembler.evict_idle(self._event_clock.now())
         if evicted:
             self.metrics.evicted_sensors.inc(len(evicted))
@@ -541,6 +591,34 @@ class ScoringLoop:
                 self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
         except KafkaError as error:
             log.debug("could not read consumer lag: %s", error)
+
+
+class IntervalTracker:
+    """The spacing of recent readings, per sensor: a bounded sample of positive intervals.
+
+    >>> tracker = IntervalTracker()
+    >>> for ts in (0.0, 300.0, 600.0, 900.0):
+    ...     tracker.observe("s1", ts)
+    >>> tracker.median(), tracker.count
+    (300.0, 3)
+    """
+
+    def __init__(self, span: int = 1001, max_sensors: int = 10_000) -> None:
+        self._last: dict[str, float] = {}
+        self._intervals: deque[float] = deque(maxlen=span)
+        self._max_sensors = max_sensors
+        self.count = 0
+
+    def observe(self, sensor_id: str, ts: float) -> None:
+        last = self._last.get(sensor_id)
+        if last is not None and ts > last:
+            self._intervals.append(ts - last)
+            self.count += 1
+        if last is not None or len(self._last) < self._max_sensors:
+            self._last[sensor_id] = ts
+
+    def median(self) -> float | None:
+        return float(np.median(self._intervals)) if self._intervals else None
 
 
 class EventClock:

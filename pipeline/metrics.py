@@ -38,6 +38,11 @@ class ScoringMetrics:
             ["sink"],
             registry=r,
         )
+        self.gap_restarts = Counter(
+            "driftline_gap_restarts",
+            "Windows restarted because a sensor's gap exceeded windows.max_fill_s",
+            registry=r,
+        )
         self.commits = Counter("driftline_commits", "Offset commits after durable writes", registry=r)
         self.batch_latency = Histogram(
             "driftline_batch_latency_seconds",

@@ -54,7 +54,23 @@ def build_loop(
     version = loaded.metadata.get("version", loaded.path.name)
     scorer = WindowScorer(loaded.detector, version, config.scoring.batch_size)
     w = config.windows
-    assembler = WindowAssembler(scorer.window, w.stride, w.sample_period_s, w.max_fill_s, w.idle_ttl_s)
+    model_period = loaded.detector.sample_period_s
+    period, max_fill = w.clock(model_period)
+    if model_period is None and w.sample_period_s is None:
+        log.warning(
+            "model %s stores no sample period (trained before driftline learned it): windows assume one reading "
+            "every %g s; set windows.sample_period_s if the stream is sampled otherwise",
+            version,
+            period,
+        )
+    elif w.sample_period_s is not None and model_period is not None and abs(period / model_period - 1) > 0.01:
+        log.warning(
+            "windows.sample_period_s = %g s overrides the %g s the model %s was trained at",
+            period,
+            model_period,
+            version,
+        )
+    assembler = WindowAssembler(scorer.window, w.stride, period, max_fill, w.idle_ttl_s)
     sinks = config.sinks
     error_log = ErrorLogSink(config.error_log_dir, scorer.channels, sinks.roll_rows, sinks.roll_seconds)
     allowed = frozenset(config.scoring.allowed_sensors) if config.scoring.allowed_sensors is not None else None

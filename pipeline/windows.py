@@ -11,6 +11,11 @@ Rules (each counted in :class:`WindowStats`):
   into batches or replayed.
 - **Idle sensors.** :meth:`WindowAssembler.evict_idle` forgets sensors silent for ``idle_ttl_s``.
 
+**One clock.** ``sample_period_s`` is learned from the training data's timestamps
+(:func:`infer_sample_period`, the median interval) and stored in the checkpoint; ``train``, ``score``,
+``serve`` and retraining all build windows by these rules (:func:`regular_segments` applies them to a
+whole table, the assembler to a stream), so the model scores windows built the way it was trained on.
+
 Each reading carries its source position (topic, partition, offset); a window carries the position of
 its last reading, and :meth:`WindowAssembler.rewind_offsets` says, per partition, the oldest offset
 still needed to rebuild the open windows after a restart.
@@ -48,6 +53,8 @@ class Window:
 
 @dataclass
 class WindowStats:
+    """What the assembler did with the readings it was given (each rule counted)."""
+
     accepted: int = 0
     late: int = 0
     duplicates: int = 0
@@ -55,6 +62,55 @@ class WindowStats:
     gap_restarts: int = 0
     evicted: int = 0
     emitted: int = 0
+    unwindowed: int = 0  # readings dropped with a buffer (gap restart, eviction) before it held a full window
+
+
+def infer_sample_period(timestamps: np.ndarray) -> float | None:
+    """The median positive interval between consecutive ``timestamps`` (epoch seconds), or None.
+
+    Robust to gaps and bursts: a few long gaps or duplicates do not move a median.
+
+    >>> infer_sample_period(np.array([0.0, 300.0, 600.0, 600.0, 4200.0, 4500.0]))
+    300.0
+    """
+    intervals = np.diff(np.sort(np.asarray(timestamps, dtype=np.float64)))
+    intervals = intervals[intervals > 0]
+    return float(np.median(intervals)) if intervals.size else None
+
+
+def default_max_fill_s(sample_period_s: float) -> float:
+    """Gaps up to five sample periods are forward-filled unless ``windows.max_fill_s`` says otherwise."""
+    return 5.0 * sample_period_s
+
+
+def regular_segments(
+    timestamps: np.ndarray, values: np.ndarray, sample_period_s: float, max_fill_s: float
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The assembler's rules applied to one sensor's table: ``(timestamps, values)`` per gap-free segment.
+
+    Late and duplicate readings are dropped, gaps up to ``max_fill_s`` forward-filled at the sample
+    period, longer gaps start a new segment: consecutive rows of a segment are exactly the readings a
+    :class:`WindowAssembler` windows in a stream (so ``train`` and ``score`` see what ``serve`` sees).
+
+    >>> ts = np.array([0.0, 300.0, 900.0, 900.0, 5000.0, 5300.0])
+    >>> [seg[0].tolist() for seg in regular_segments(ts, np.arange(6.0)[:, None], 300.0, 1500.0)]
+    [[0.0, 300.0, 600.0, 900.0], [5000.0, 5300.0]]
+    """
+    segments: list[tuple[list[float], list[np.ndarray]]] = []
+    last: float | None = None
+    for ts, row in zip(np.asarray(timestamps, dtype=np.float64), np.asarray(values), strict=True):
+        if last is not None and ts <= last:
+            continue  # late or duplicate
+        if last is None or ts - last > max_fill_s:
+            segments.append(([], []))
+        else:
+            for k in range(1, round((ts - last) / sample_period_s)):
+                segments[-1][0].append(last + k * sample_period_s)
+                segments[-1][1].append(segments[-1][1][-1])
+        segments[-1][0].append(float(ts))
+        segments[-1][1].append(row)
+        last = float(ts)
+    return [(np.array(t), np.array(v)) for t, v in segments]
 
 
 class _SensorBuffer:
@@ -94,6 +150,8 @@ class _SensorBuffer:
 
 
 class WindowAssembler:
+    """Per-sensor sliding windows from a stream of readings, by the rules in the module docstring."""
+
     def __init__(
         self,
         length: int,
@@ -147,6 +205,8 @@ class WindowAssembler:
             gap = ts - last
             if gap > self.max_fill_s:
                 self.stats.gap_restarts += 1
+                if buffer.count < self.length:
+                    self.stats.unwindowed += buffer.count
                 buffer = self._buffers[sensor_id] = self._new_buffer()
             else:
                 missing = round(gap / self.sample_period_s) - 1
@@ -167,9 +227,16 @@ class WindowAssembler:
         """Forget sensors whose newest reading is older than ``idle_ttl_s`` before ``now_ts``."""
         idle = [s for s, b in self._buffers.items() if now_ts - b.last_seen_ts > self.idle_ttl_s]
         for sensor_id in idle:
-            del self._buffers[sensor_id]
+            buffer = self._buffers.pop(sensor_id)
+            if buffer.count < self.length:
+                self.stats.unwindowed += buffer.count
         self.stats.evicted += len(idle)
         return idle
+
+    def readings_without_window(self) -> int:
+        """Readings that never were in a full window: dropped with a short buffer, or held in one now."""
+        held = sum(b.count for b in self._buffers.values() if b.count < self.length)
+        return self.stats.unwindowed + held
 
     def rewind_offsets(self) -> dict[TopicPartitionKey, int]:
         """Per (topic, partition): the oldest source offset still held in an open window."""
