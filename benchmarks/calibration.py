@@ -117,6 +117,7 @@ def run_calibration(
     latent_size: int,
     target_far: float,
     training: TrainingConfig,
+    relative_channels: tuple[str, ...] = (),
     on_result: Callable[[CalibrationResult], None] | None = None,
 ) -> list[CalibrationResult]:
     results = []
@@ -128,6 +129,7 @@ def run_calibration(
             latent_size=latent_size,
             training=training,
             rule=TargetFarRule(target_far),
+            relative_channels=relative_channels,
         )
         observed, windows = observed_rate(detector, normal.observe)
         assert detector.threshold is not None

@@ -205,6 +205,7 @@ def run_tep(
     latent_size: int,
     target_far: float,
     training: TrainingConfig,
+    relative_channels: tuple[str, ...] = (),
 ) -> TepReport:
     """Fit driftline and PCA on ``d00.dat``; evaluate both, and their union, on every test file."""
     started = time.monotonic()
@@ -216,6 +217,7 @@ def run_tep(
         latent_size=latent_size,
         training=training,
         rule=TargetFarRule(target_far),
+        relative_channels=relative_channels,
         channels=tuple(f"x{i + 1}" for i in range(data.train.shape[1])),
     )
 
