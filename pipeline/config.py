@@ -110,7 +110,7 @@ class ModelSettings(_Section):
     latent_size: int = Field(8, ge=1)
     num_layers: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    threshold_rule: Literal["quantile", "mean_std", "pot", "target_far"] = "quantile"
+    threshold_rule: Literal["quantile", "mean_std", "pot", "target_far"] = "target_far"
     threshold_params: dict[str, float] = Field(default_factory=lambda: {"q": 0.99})
     threshold_margin: float = Field(1.0, gt=0.0, description="Multiplier on the calibrated threshold.")
     target_far: float = Field(
@@ -123,8 +123,9 @@ class ModelSettings(_Section):
     alarm_k: int = Field(1, ge=1, description="Alarm when alarm_k of the last alarm_n windows exceed.")
     alarm_n: int = Field(1, ge=1)
     relative_channels: list[str] = Field(
-        default_factory=list,
-        description="Slow channels (temperatures...) the model sees relative to each window's mean, not by level.",
+        default_factory=lambda: ["auto"],
+        description="Slow channels (temperatures...) the model sees relative to each window's mean, not by level; "
+        "'auto': those whose level wanders within the training data.",
     )
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     watch_interval_s: float = Field(1.0, gt=0, description="How often the scorer checks the registry for a new model.")
