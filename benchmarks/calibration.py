@@ -29,7 +29,7 @@ import pandas as pd
 from benchmarks.tep import load_tep
 from models.detector import AnomalyDetector
 from models.skab import CHANNELS as SKAB_CHANNELS
-from models.threshold import TargetFarRule
+from models.threshold import RecentLevelJudge, TargetFarRule
 from models.training import TrainingConfig
 from pipeline.simulator import FleetSpec, simulate_fleet
 
@@ -55,6 +55,7 @@ class CalibrationResult:
     windows: int
     threshold: float
     method: str
+    observed_recent_level: float | None = None  # the same windows judged by RecentLevelJudge
 
     @property
     def ratio(self) -> float:
@@ -133,6 +134,11 @@ def run_calibration(
         )
         observed, windows = observed_rate(detector, normal.observe)
         assert detector.threshold is not None
+        assert detector.calibration_errors is not None
+        judge = RecentLevelJudge.calibrate(detector.calibration_errors, TargetFarRule(target_far))
+        recent_flags = [
+            judge.run(detector.predict(segment).error, detector.calibration_errors) for segment in normal.observe
+        ]
         result = CalibrationResult(
             normal.name,
             normal.description,
@@ -141,6 +147,7 @@ def run_calibration(
             windows,
             detector.threshold.value,
             str(detector.threshold.params.get("method", detector.threshold.rule)),
+            float(np.concatenate(recent_flags).mean()),
         )
         results.append(result)
         if on_result is not None:
@@ -153,12 +160,13 @@ def format_table(results: Sequence[CalibrationResult], seconds: float) -> str:
         f"calibration: nominal vs observed per-window alarm rate on held-out normal data ({seconds:.0f} s)",
         "",
         f"{'set':<13}{'nominal':>9}{'observed':>10}{'ratio':>8}{'in [0.5x, 2x]':>15}{'windows':>9}"
-        f"{'threshold':>11}  {'rule':<9}  data",
+        f"{'threshold':>11}  {'rule':<9}{'recent level':>14}  data",
     ]
     for r in results:
         lines.append(
             f"{r.name:<13}{r.nominal:>9.2%}{r.observed:>10.2%}{r.ratio:>8.2f}{'yes' if r.within_target else 'no':>15}"
-            f"{r.windows:>9,}{r.threshold:>11.4f}  {r.method:<9}  {r.description}"
+            f"{r.windows:>9,}{r.threshold:>11.4f}  {r.method:<9}"
+            f"{(r.observed_recent_level or 0.0):>14.2%}  {r.description}"
         )
     return "\n".join(lines)
 
@@ -168,6 +176,8 @@ def headline(results: Sequence[CalibrationResult]) -> dict[str, Any]:
     for r in results:
         out[f"observed_far_{r.name}"] = round(r.observed, 5)
         out[f"ratio_{r.name}"] = round(r.ratio, 3)
+        if r.observed_recent_level is not None:
+            out[f"observed_far_recent_level_{r.name}"] = round(r.observed_recent_level, 5)
     out["sets_within_target"] = sum(r.within_target for r in results)
     out["sets"] = len(results)
     return out

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import stats
 
 from models.detector import AnomalyDetector
-from models.threshold import TargetFarRule
+from models.threshold import RecentLevelJudge, TargetFarRule
 from models.training import TrainingConfig
 
 FAULT_START = 160  # samples 1..160 are normal, 161..960 faulty (0-based rows 160..959)
@@ -243,12 +243,22 @@ def run_tep(
     def t2_flags(readings: np.ndarray) -> np.ndarray:
         return pca.statistics(readings)[0] > pca.t2_limit
 
+    assert detector.calibration_errors is not None
+    judge = RecentLevelJudge.calibrate(detector.calibration_errors, TargetFarRule(target_far))
+
+    def recent_level_flags(readings: np.ndarray) -> np.ndarray:
+        detection = detector.predict(readings)
+        flags = np.zeros(len(readings), dtype=bool)
+        flags[detection.window_end_row] = judge.run(detection.error, detector.calibration_errors)
+        return flags
+
     ours = evaluate_flags("driftline LSTM-AE", driftline_flags, data)
     methods = [
         ours,
         evaluate_flags("PCA Q", q_flags, data),
         evaluate_flags("PCA T2", t2_flags, data),
         evaluate_flags("LSTM-AE or PCA Q", lambda r: driftline_flags(r) | q_flags(r), data),
+        evaluate_flags("LSTM-AE recent level", recent_level_flags, data),
     ]
     assert detector.threshold is not None
     # Diagnostic only: the threshold at which driftline's FAR on d00_te equals PCA Q's (uses d00_te).

@@ -188,6 +188,7 @@ class AnomalyDetector:
         self.training = training
         # seconds between readings of the training data (None: unknown, e.g. an older checkpoint)
         self.sample_period_s: float | None = None
+        self.calibration_errors: np.ndarray | None = None  # errors the threshold was fitted on (after fit)
 
     @property
     def window(self) -> int:
@@ -239,7 +240,9 @@ class AnomalyDetector:
         model = LSTMAutoencoder(config)
         result = train_autoencoder(model, train, training, val_windows=val)
         detector = cls(model, scaler, alarm=alarm, channels=channels, training=result)
-        detector.threshold = rule.fit(reconstruction_errors(model, cal).error).with_margin(threshold_margin)
+        calibration_errors = reconstruction_errors(model, cal).error
+        detector.threshold = rule.fit(calibration_errors).with_margin(threshold_margin)
+        detector.calibration_errors = calibration_errors  # kept in memory (benchmarks), not in checkpoints
         return detector
 
     def fine_tune(

@@ -30,7 +30,7 @@ from models.evaluation import (
     nab_counts,
     point_metrics,
 )
-from models.threshold import AlarmFilter, make_rule
+from models.threshold import AlarmFilter, RecentLevelJudge, make_rule
 from models.training import TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,8 @@ class SkabParams:
     # Thermal channels carry the run's history (heat-up, inertia after an incident), not the state now:
     # the model sees their movement within each window, not their level.
     relative_channels: tuple[str, ...] = ("Temperature", "Thermocouple")
+    # "fixed": the calibrated threshold; "recent_level": models.threshold.RecentLevelJudge on the same errors
+    judge: str = "fixed"
     training: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(epochs=60, batch_size=32, patience=10, progress=False)
     )
@@ -136,7 +138,16 @@ def run_experiment(experiment: Experiment, params: SkabParams) -> ExperimentResu
         relative_channels=params.relative_channels,
     )
     detection = detector.predict(readings)
-    flags = pd.Series(detection.row_flags(len(readings)), index=experiment.frame.index)
+    if params.judge == "recent_level":
+        assert detector.calibration_errors is not None
+        rule = make_rule(params.threshold_rule, **params.threshold_params)
+        judge = RecentLevelJudge.calibrate(detector.calibration_errors, rule)
+        exceeded = judge.run(detection.error, detector.calibration_errors)
+        rows = np.zeros(len(readings), dtype=bool)
+        rows[detection.window_end_row] = detector.alarm.apply(exceeded)
+        flags = pd.Series(rows, index=experiment.frame.index)
+    else:
+        flags = pd.Series(detection.row_flags(len(readings)), index=experiment.frame.index)
     return ExperimentResult(experiment.name, flags, time.perf_counter() - started)
 
 

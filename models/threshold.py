@@ -199,6 +199,50 @@ class TargetFarRule:
         return float(max(value, initial)), {"gpd_shape": float(shape), "gpd_scale": float(scale)}
 
 
+@dataclass(frozen=True)
+class RecentLevelJudge:
+    """Judge each error against the recent *normal* error level, not a fixed value (after DSPOT, Siffer
+    et al. 2017): a window exceeds when ``error > ratio * median(last span errors judged normal)``.
+
+    ``ratio`` is calibrated like a threshold, on calibration errors divided by their median, so the
+    promise is the same per-window rate; the level follows slow changes of normal operation (only
+    windows judged normal move it), while a jump past the ratio stays flagged for as long as it lasts.
+    The judgement depends on the stream's history, not on the window alone.
+
+    >>> rng = np.random.default_rng(0)
+    >>> calibration = rng.gamma(20, 0.05, 500)  # level 1.0
+    >>> judge = RecentLevelJudge.calibrate(calibration, TargetFarRule(0.01))
+    >>> later = np.concatenate([rng.gamma(20, 0.06, 600), rng.gamma(20, 0.2, 100)])  # level 1.2, then a fault
+    >>> flags = judge.run(later, calibration)
+    >>> round(float(flags[200:600].mean()), 2) <= 0.03, bool(flags[600:].mean() > 0.9)
+    (True, True)
+    """
+
+    ratio: float
+    span: int = 256
+
+    @classmethod
+    def calibrate(cls, calibration_errors: np.ndarray, rule: ThresholdRule, span: int = 256) -> RecentLevelJudge:
+        errors = _clean(calibration_errors)
+        level = float(np.median(errors))
+        return cls(rule.fit(errors / max(level, MIN_THRESHOLD)).value, span)
+
+    def run(self, errors: np.ndarray, initial: np.ndarray) -> np.ndarray:
+        """Exceeded flags of ``errors`` in stream order, the level starting from ``initial`` errors."""
+        from collections import deque
+
+        recent = deque(_clean(initial)[-self.span :].tolist(), maxlen=self.span)
+        flags = np.zeros(len(errors), dtype=bool)
+        for i, error in enumerate(np.asarray(errors, dtype=np.float64)):
+            if not np.isfinite(error):
+                continue
+            level = max(float(np.median(recent)), MIN_THRESHOLD)
+            flags[i] = error > self.ratio * level
+            if not flags[i]:
+                recent.append(error)
+        return flags
+
+
 RULES: dict[str, type] = {
     "quantile": QuantileRule,
     "mean_std": MeanStdRule,

@@ -408,9 +408,18 @@ def benchmark() -> None:
     show_default=True,
     help="config: the configuration's model settings (untuned); tuned: the earlier SKAB-specific setting.",
 )
+@click.option(
+    "--judge",
+    type=click.Choice(["fixed", "recent_level"]),
+    default="fixed",
+    show_default=True,
+    help="fixed: the calibrated threshold; recent_level: errors judged against their recent normal level.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
 @pass_app
-def benchmark_skab(app: _AppContext, data_dir: Path | None, limit: int | None, params_name: str, as_json: bool) -> None:
+def benchmark_skab(
+    app: _AppContext, data_dir: Path | None, limit: int | None, params_name: str, judge: str, as_json: bool
+) -> None:
     """SKAB outlier and changepoint detection under the published protocols.
 
     --params config (default): the configuration object's model settings, the same for every data set and
@@ -446,6 +455,7 @@ def benchmark_skab(app: _AppContext, data_dir: Path | None, limit: int | None, p
             relative_channels=tuple(model.relative_channels),
             training=replace(app.config.training, progress=False),
         )
+    params = replace(params, judge=judge)
     click.echo(f"SKAB with {params_name} parameters: {params}", err=True)
     with tqdm_files(limit or 34) as progress:
         report = run_benchmark(root, params, on_file=lambda result: progress.update(1), limit=limit)
