@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.tep import load_tep
+from benchmarks.untuned import DetectorSettings
 from models.detector import AnomalyDetector
 from models.skab import CHANNELS as SKAB_CHANNELS
 from models.threshold import RecentLevelJudge, TargetFarRule
-from models.training import TrainingConfig
 from pipeline.simulator import FleetSpec, simulate_fleet
 
 TARGET_BAND = (0.5, 2.0)
@@ -112,26 +112,14 @@ def observed_rate(detector: AnomalyDetector, segments: Sequence[np.ndarray]) -> 
 
 def run_calibration(
     sets: Sequence[NormalSet],
-    *,
-    window: int,
-    hidden_size: int,
-    latent_size: int,
-    target_far: float,
-    training: TrainingConfig,
-    relative_channels: tuple[str, ...] = (),
+    settings: DetectorSettings,
     on_result: Callable[[CalibrationResult], None] | None = None,
 ) -> list[CalibrationResult]:
+    """Fit on each set's normal data, then measure the alarm rate on its held-out normal data."""
     results = []
+    target_far = settings.target_far
     for normal in sets:
-        detector = AnomalyDetector.fit(
-            normal.fit,
-            window=window,
-            hidden_size=hidden_size,
-            latent_size=latent_size,
-            training=training,
-            rule=TargetFarRule(target_far),
-            relative_channels=relative_channels,
-        )
+        detector = settings.fit(normal.fit)
         observed, windows = observed_rate(detector, normal.observe)
         assert detector.threshold is not None
         assert detector.calibration_errors is not None

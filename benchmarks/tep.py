@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from models.detector import AnomalyDetector
+from benchmarks.untuned import DetectorSettings
 from models.threshold import RecentLevelJudge, TargetFarRule
-from models.training import TrainingConfig
 
 FAULT_START = 160  # samples 1..160 are normal, 161..960 faulty (0-based rows 160..959)
 SAMPLE_MINUTES = 3.0
@@ -208,29 +207,12 @@ class TepReport:
         }
 
 
-def run_tep(
-    root: Path,
-    *,
-    window: int,
-    hidden_size: int,
-    latent_size: int,
-    target_far: float,
-    training: TrainingConfig,
-    relative_channels: tuple[str, ...] = (),
-) -> TepReport:
+def run_tep(root: Path, settings: DetectorSettings) -> TepReport:
     """Fit driftline and PCA on ``d00.dat``; evaluate both, and their union, on every test file."""
     started = time.monotonic()
     data = load_tep(root)
-    detector = AnomalyDetector.fit(
-        data.train,
-        window=window,
-        hidden_size=hidden_size,
-        latent_size=latent_size,
-        training=training,
-        rule=TargetFarRule(target_far),
-        relative_channels=relative_channels,
-        channels=tuple(f"x{i + 1}" for i in range(data.train.shape[1])),
-    )
+    detector = settings.fit(data.train, channels=tuple(f"x{i + 1}" for i in range(data.train.shape[1])))
+    target_far = settings.target_far
 
     def driftline_flags(readings: np.ndarray) -> np.ndarray:
         return detector.predict(readings).row_flags(len(readings))
@@ -274,5 +256,5 @@ def run_tep(
 
     oracle = evaluate_flags("driftline, oracle threshold", oracle_flags, data)
     return TepReport(
-        methods, window, target_far, time.monotonic() - started, detector.threshold.to_dict(), oracle=oracle
+        methods, settings.window, target_far, time.monotonic() - started, detector.threshold.to_dict(), oracle=oracle
     )

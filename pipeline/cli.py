@@ -525,19 +525,10 @@ def benchmark_tep(app: _AppContext, data_dir: Path | None, as_json: bool) -> Non
     target_far) and training settings: the same for every data set, never tuned on TEP's faults.
     """
     from benchmarks.tep import run_tep
+    from benchmarks.untuned import DetectorSettings
 
     config = app.config
-    model = config.model
-    training = replace(config.training, progress=False)
-    report = run_tep(
-        data_dir or config.benchmarks.tep_dir,
-        window=model.window,
-        hidden_size=model.hidden_size,
-        latent_size=model.latent_size,
-        target_far=model.target_far,
-        training=training,
-        relative_channels=tuple(model.relative_channels),
-    )
+    report = run_tep(data_dir or config.benchmarks.tep_dir, DetectorSettings.from_config(config))
     click.echo(report.table())
     if as_json:
         click.echo(json.dumps(report.headline()))
@@ -549,22 +540,15 @@ def benchmark_tep(app: _AppContext, data_dir: Path | None, as_json: bool) -> Non
 def benchmark_calibration(app: _AppContext, as_json: bool) -> None:
     """Nominal vs observed false-alarm rate on held-out normal data (TEP, SKAB, simulator, 5-minute stream)."""
     from benchmarks.calibration import format_table, headline, normal_sets, timed_run
+    from benchmarks.untuned import DetectorSettings
 
     config = app.config
-    model = config.model
     sets = normal_sets(config.benchmarks.tep_dir, config.benchmarks.skab_dir)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(sets), desc="calibration sets", unit="set") as progress:
         results, seconds = timed_run(
-            sets=sets,
-            window=model.window,
-            hidden_size=model.hidden_size,
-            latent_size=model.latent_size,
-            target_far=model.target_far,
-            training=replace(config.training, progress=False),
-            relative_channels=tuple(model.relative_channels),
-            on_result=lambda _: progress.update(1),
+            sets=sets, settings=DetectorSettings.from_config(config), on_result=lambda _: progress.update(1)
         )
     click.echo(format_table(results, seconds))
     if as_json:
