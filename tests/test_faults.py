@@ -236,3 +236,46 @@ def test_a_partition_not_yet_replayed_keeps_its_rewind_point_in_every_commit(det
     offset, metadata = source.commits[-1][("t", 1)]
     assert offset == 500
     assert metadata["rewind_offset"] == 500 - WINDOW  # the sensor's buffer: its last WINDOW readings
+
+
+def test_no_broker_at_start_is_retried_then_named_with_what_to_check() -> None:
+    from kafka.errors import NoBrokersAvailable
+
+    from pipeline.service import BrokerUnavailableError, connect_with_retry
+
+    attempts: list[int] = []
+
+    def connect() -> None:
+        attempts.append(1)
+        raise NoBrokersAvailable()
+
+    with pytest.raises(BrokerUnavailableError, match=r"check kafka\.bootstrap_servers"):
+        connect_with_retry(connect, "127.0.0.1:1", timeout_s=0.3, what="consumer")
+    assert len(attempts) >= 2
+
+
+def test_serve_without_a_broker_exits_69(detector, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.local_kafka import free_port
+
+    ModelRegistry(tmp_path / "registry").publish(detector, promote=True)
+    env = {
+        "DRIFTLINE_DATA_DIR": str(tmp_path / "data"),
+        "DRIFTLINE_MODEL__REGISTRY_DIR": str(tmp_path / "registry"),
+        "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "DRIFTLINE_KAFKA__CONNECT_TIMEOUT_S": "2",
+        "DRIFTLINE_METRICS__PORT": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "serve"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert "no Kafka broker answered" in result.stderr
