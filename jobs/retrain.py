@@ -49,7 +49,7 @@ from models.detector import AnomalyDetector
 from models.regimes import fit_regimes, window_levels
 from models.registry import ModelRegistry
 from models.scoring import reconstruction_errors
-from models.threshold import make_rule
+from models.threshold import Threshold, ThresholdRule, make_rule
 from models.training import Distillation, TrainingConfig, train_autoencoder
 from pipeline.config import DriftlineConfig, KafkaSettings
 from pipeline.messages import decode_message
@@ -175,6 +175,17 @@ def learnable_windows(
     return set(zip(sensors.tolist(), ends.tolist(), strict=True))
 
 
+def rule_of(threshold: Threshold) -> ThresholdRule:
+    """The rule, with its parameters, that calibrated ``threshold`` (retraining recalibrates with it).
+
+    >>> from models.threshold import TargetFarRule
+    >>> rule_of(TargetFarRule(0.05).fit(np.arange(100.0)))
+    TargetFarRule(target_far=0.05, min_exceedances=10, floor=0.001, name='target_far')
+    """
+    names = ("q", "k", "risk", "initial_quantile", "target_far")
+    return make_rule(threshold.rule, **{k: v for k, v in threshold.params.items() if k in names})
+
+
 def normal_windows(
     readings: pd.DataFrame,
     channels: Sequence[str],
@@ -277,8 +288,7 @@ def fine_tune_and_gate(
         metrics |= {"outcome": "rejected", "reason": f"candidate worse than current on {where} beyond {limit:.0%}"}
         return None, metrics
     assert current.threshold is not None
-    params = {k: v for k, v in current.threshold.params.items() if k in ("q", "k", "risk", "initial_quantile")}
-    rule = make_rule(current.threshold.rule, **params)
+    rule = rule_of(current.threshold)
     # calibrated on every held-out normal window: the recent validation and gate slices, the replay gate
     # slice (the candidate's errors on the gate slices were computed for the gate above)
     errors = np.concatenate([_errors(candidate, recent_val), candidate_recent, candidate_replay])
