@@ -289,9 +289,9 @@ def fine_tune_and_gate(
         return None, metrics
     assert current.threshold is not None
     rule = rule_of(current.threshold)
-    # calibrated on every held-out normal window: the recent validation and gate slices, the replay gate
-    # slice (the candidate's errors on the gate slices were computed for the gate above)
-    errors = np.concatenate([_errors(candidate, recent_val), candidate_recent, candidate_replay])
+    # calibrated on the held-out windows the weights were not selected on: the recent and replay gate
+    # slices (the recent validation slice chose the epoch, as in AnomalyDetector.fit it is left out)
+    errors = np.concatenate([candidate_recent, candidate_replay])
     margin = float(current.threshold.params.get("margin", 1.0))
     pooled = rule.fit(errors)
     candidate.threshold = pooled.with_margin(margin)
@@ -303,8 +303,8 @@ def fine_tune_and_gate(
             known, window_levels(replay_windows), window_levels(scaled_recent), min_windows=min_windows
         )
         if len(regimes) > 1:
-            levels = window_levels(np.concatenate([recent_val, recent_gate, replay_gate]))  # as `errors`
-            held_out_recent = len(recent_val) + len(recent_gate)
+            levels = window_levels(np.concatenate([recent_gate, replay_gate]))  # as `errors`
+            held_out_recent = len(recent_gate)
             calibrated = regimes.calibrate(levels, errors, rule, pooled, min_windows).with_margin(margin)
             # the regimes the recent windows do not fall in keep the thresholds they were judged by
             recent_regimes = np.bincount(calibrated.assign(levels[:held_out_recent]), minlength=len(regimes))
