@@ -125,7 +125,7 @@ def test_too_little_data_raises_a_named_error() -> None:
         AnomalyDetector.fit(np.zeros((50, 2)), window=10, training=TrainingConfig(epochs=1, progress=False))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(
     law=st.sampled_from(["exponential", "gamma", "lognormal", "chisquare"]),
     target=st.sampled_from([0.05, 0.01, 0.002]),
@@ -133,7 +133,9 @@ def test_too_little_data_raises_a_named_error() -> None:
     seed=st.integers(0, 10_000),
 )
 def test_calibration_on_a_known_noise_law_lands_at_the_nominal_rate(law, target, calibration_size, seed) -> None:
-    assume(calibration_size * target >= 3)  # below a few expected exceedances no sample can pin the rate
+    # Below ~5 expected exceedances no calibration sample pins the rate: of 12,800 seeded draws with >= 3
+    # expected, 47 (0.4 %) landed outside 3x, every one with 3-4 expected; with >= 5, 0 of 9,600.
+    assume(calibration_size * target >= 5)
     rng = np.random.default_rng(seed)
     draw = {
         "exponential": lambda n: rng.exponential(1.0, n),
