@@ -142,7 +142,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random KRaft cluster id (base64url of a UUID), never starting with '-'.
+
+    One id in 64 did, and the storage tool's argument parser then read it as an option ("argument
+    --cluster-id/-t: expected one argument"): a broker start failed at random, once in CI.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def broker_properties(work_dir: Path, host: str, port: int, controller_port: int) -> str:
