@@ -146,6 +146,9 @@ def _cluster_id() -> str:
 
     One id in 64 did, and the storage tool's argument parser then read it as an option ("argument
     --cluster-id/-t: expected one argument"): a broker start failed at random, once in CI.
+
+    >>> all(not _cluster_id().startswith("-") for _ in range(2000))
+    True
     """
     while True:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
