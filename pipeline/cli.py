@@ -245,20 +245,18 @@ def train(
 
 
 def _learned_period(frames: list[pd.DataFrame]) -> float | None:
-    """The median interval of the frames' time indexes (None without timestamps)."""
-    from pipeline.windows import infer_sample_period
+    """The sample period of the frames' time indexes (None without timestamps)."""
+    from pipeline.windows import fleet_sample_period
 
-    intervals = [
-        infer_sample_period(_epoch_index(frame)) for frame in frames if isinstance(frame.index, pd.DatetimeIndex)
-    ]
-    known = [i for i in intervals if i is not None]
-    return float(np.median(known)) if known else None
+    return fleet_sample_period(_epoch_index(f) for f in frames if isinstance(f.index, pd.DatetimeIndex))
 
 
 def _epoch_index(frame: pd.DataFrame) -> np.ndarray:
+    """Epoch seconds of a frame's time index; a naive index is taken as UTC (as ``read_readings`` reads it)."""
+    from pipeline.time_spans import epoch_seconds
+
     index = pd.DatetimeIndex(frame.index)
-    index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
-    return (index - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    return epoch_seconds(index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")).to_numpy()
 
 
 def _clocked_segments(
@@ -437,11 +435,7 @@ def benchmark_skab(
     if params_name == "tuned":
         params = SkabParams()
     else:
-        rule, rule_params = (
-            ("target_far", {"target_far": model.target_far})
-            if model.threshold_rule == "target_far"
-            else (model.threshold_rule, dict(model.threshold_params))
-        )
+        rule, rule_params = model.rule_spec()
         params = SkabParams(
             window=model.window,
             hidden_size=model.hidden_size,
@@ -539,13 +533,13 @@ def benchmark_tep(app: _AppContext, data_dir: Path | None, as_json: bool) -> Non
 @pass_app
 def benchmark_calibration(app: _AppContext, as_json: bool) -> None:
     """Nominal vs observed false-alarm rate on held-out normal data (TEP, SKAB, simulator, 5-minute stream)."""
+    from tqdm.auto import tqdm
+
     from benchmarks.calibration import format_table, headline, normal_sets, timed_run
     from benchmarks.untuned import DetectorSettings
 
     config = app.config
     sets = normal_sets(config.benchmarks.tep_dir, config.benchmarks.skab_dir)
-    from tqdm.auto import tqdm
-
     with tqdm(total=len(sets), desc="calibration sets", unit="set") as progress:
         results, seconds = timed_run(
             sets=sets, settings=DetectorSettings.from_config(config), on_result=lambda _: progress.update(1)

@@ -130,21 +130,24 @@ class ModelSettings(_Section):
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     watch_interval_s: float = Field(1.0, gt=0, description="How often the scorer checks the registry for a new model.")
 
+    def rule_spec(self) -> tuple[str, dict[str, float]]:
+        """The threshold rule's name and parameters (``target_far`` takes its parameter from this section)."""
+        if self.threshold_rule == "target_far":
+            return "target_far", {"target_far": self.target_far}
+        return self.threshold_rule, dict(self.threshold_params)
+
     def fit_options(self) -> dict[str, Any]:
         """Keyword arguments of :meth:`models.detector.AnomalyDetector.fit` that this section sets."""
         from models.threshold import AlarmFilter, make_rule
 
+        rule, rule_params = self.rule_spec()
         return {
             "window": self.window,
             "hidden_size": self.hidden_size,
             "latent_size": self.latent_size,
             "num_layers": self.num_layers,
             "dropout": self.dropout,
-            "rule": (
-                make_rule("target_far", target_far=self.target_far)
-                if self.threshold_rule == "target_far"
-                else make_rule(self.threshold_rule, **self.threshold_params)
-            ),
+            "rule": make_rule(rule, **rule_params),
             "threshold_margin": self.threshold_margin,
             "alarm": AlarmFilter(self.alarm_k, self.alarm_n),
             "relative_channels": tuple(self.relative_channels),

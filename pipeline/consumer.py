@@ -129,9 +129,7 @@ class ScoringLoop:
         self._stop = False
         self._latest_ts = 0.0
         self._event_clock = EventClock()
-        self._intervals = IntervalTracker()
         self._period_checked = False
-        self._gap_restarts_seen = 0
         self._last_activity = time.monotonic()
         # the scorer stage (None: score on the calling thread) and what was handed to it
         self._worker: ThreadPoolExecutor | None = None
@@ -184,11 +182,14 @@ class ScoringLoop:
 
     def _check_period(self) -> None:
         """Once enough intervals are seen: warn if the stream's spacing disagrees with the windows' period."""
-        if self._period_checked or self._intervals.count < 200:
+        if self._period_checked:
+            return
+        observed = self.assembler.observed_period(min_intervals=200)
+        if observed is None:
             return
         self._period_checked = True
-        observed, period = self._intervals.median(), self.assembler.sample_period_s
-        if observed is not None and not 0.8 <= observed / period <= 1.25:
+        period = self.assembler.sample_period_s
+        if not 0.8 <= observed / period <= 1.25:
             log.warning(
                 "readings arrive every %g s (median interval per sensor) but windows are built for one every %g s "
                 "(the model's sample period or windows.sample_period_s); gaps over windows.max_fill_s = %g s "
@@ -204,7 +205,7 @@ class ScoringLoop:
         readings = self.assembler.stats.accepted
         if readings == 0 or without / readings <= 0.5:
             return None
-        observed = self._intervals.median()
+        observed = self.assembler.observed_period()
         interval = f"{observed:g}" if observed is not None else "unknown"
         return (
             f"{without:,} of {readings:,} readings never reached a full window of {self.assembler.length}: "
@@ -361,6 +362,7 @@ class ScoringLoop:
         windows: list[Window] = []
         live_messages = live_readings = 0
         late_before = self.assembler.stats.late + self.assembler.stats.duplicates
+        restarts_before = self.assembler.stats.gap_restarts
         ts_range = self._ts_range()
         for record in records:
             tp = (record.topic, record.partition)
@@ -382,7 +384,6 @@ class ScoringLoop:
                 if reading.ts > self._latest_ts:
                     self._latest_ts = reading.ts
                 self._event_clock.observe(reading.ts)
-                self._intervals.observe(reading.sensor_id, reading.ts)
                 position = (record.topic, record.partition, record.offset)
                 for window in self.assembler.add(reading.sensor_id, reading.ts, reading.values, position):
                     if window.end_position[2] >= emit_from:
@@ -400,10 +401,9 @@ class ScoringLoop:
         late = self.assembler.stats.late + self.assembler.stats.duplicates - late_before
         if late:
             self.metrics.late_readings.inc(late)
-        restarts = self.assembler.stats.gap_restarts - self._gap_restarts_seen
+        restarts = self.assembler.stats.gap_restarts - restarts_before
         if restarts:
             self.metrics.gap_restarts.inc(restarts)
-            self._gap_restarts_seen += restarts
         self._check_period()
         evicted = self.assembler.evict_idle(self._event_clock.now())
         if evicted:
@@ -591,34 +591,6 @@ class ScoringLoop:
                 self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
         except KafkaError as error:
             log.debug("could not read consumer lag: %s", error)
-
-
-class IntervalTracker:
-    """The spacing of recent readings, per sensor: a bounded sample of positive intervals.
-
-    >>> tracker = IntervalTracker()
-    >>> for ts in (0.0, 300.0, 600.0, 900.0):
-    ...     tracker.observe("s1", ts)
-    >>> tracker.median(), tracker.count
-    (300.0, 3)
-    """
-
-    def __init__(self, span: int = 1001, max_sensors: int = 10_000) -> None:
-        self._last: dict[str, float] = {}
-        self._intervals: deque[float] = deque(maxlen=span)
-        self._max_sensors = max_sensors
-        self.count = 0
-
-    def observe(self, sensor_id: str, ts: float) -> None:
-        last = self._last.get(sensor_id)
-        if last is not None and ts > last:
-            self._intervals.append(ts - last)
-            self.count += 1
-        if last is not None or len(self._last) < self._max_sensors:
-            self._last[sensor_id] = ts
-
-    def median(self) -> float | None:
-        return float(np.median(self._intervals)) if self._intervals else None
 
 
 class EventClock:

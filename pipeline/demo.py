@@ -45,7 +45,7 @@ from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
 from pipeline.sinks import DeadLetterFile, KafkaDeadLetters, KafkaEventPublisher
 from pipeline.sources import KafkaSource, PacedSource, Record, Source
 from pipeline.time_spans import epoch_seconds
-from pipeline.windows import infer_sample_period
+from pipeline.windows import fleet_sample_period
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,8 @@ def run_demo(
     prefix = fleet[fleet.groupby("sensor_id").cumcount() < spec.normal_prefix_rows]
     segments = [g[channels].to_numpy() for _, g in prefix.groupby("sensor_id")]
     detector = AnomalyDetector.fit(segments, training=training, channels=tuple(channels), **cfg.model.fit_options())
-    detector.sample_period_s = median_interval(prefix)
+    stamps = epoch_seconds(pd.to_datetime(prefix["timestamp"], utc=True))
+    detector.sample_period_s = fleet_sample_period(group.to_numpy() for _, group in stamps.groupby(prefix["sensor_id"]))
     registry = ModelRegistry(cfg.registry_dir)
     registry.publish(detector, promote=True, reason="demo: initial model")
     replay = ReplayBuffer(cfg.retrain.replay_capacity, window, len(channels))
@@ -262,14 +263,6 @@ def run_demo(
         decisions,
         report.html,
     )
-
-
-def median_interval(frame: pd.DataFrame) -> float | None:
-    """The sample period of a fleet table (``sensor_id``, ``timestamp``): the median interval per sensor."""
-    stamps = epoch_seconds(pd.to_datetime(frame["timestamp"], utc=True))
-    intervals = [infer_sample_period(group.to_numpy()) for _, group in stamps.groupby(frame["sensor_id"])]
-    known = [i for i in intervals if i is not None]
-    return float(np.median(known)) if known else None
 
 
 def _with_ts(frame: pd.DataFrame) -> pd.DataFrame:

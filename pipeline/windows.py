@@ -78,6 +78,16 @@ def infer_sample_period(timestamps: np.ndarray) -> float | None:
     return float(np.median(intervals)) if intervals.size else None
 
 
+def fleet_sample_period(timestamps_per_sensor: Iterable[np.ndarray]) -> float | None:
+    """The sample period of several sensors (or files): the median of their median intervals, or None.
+
+    >>> fleet_sample_period([np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 3.0, 4.0]), np.array([5.0])])
+    1.0
+    """
+    periods = [p for p in (infer_sample_period(t) for t in timestamps_per_sensor) if p is not None]
+    return float(np.median(periods)) if periods else None
+
+
 def default_max_fill_s(sample_period_s: float) -> float:
     """Gaps up to five sample periods are forward-filled unless ``windows.max_fill_s`` says otherwise."""
     return 5.0 * sample_period_s
@@ -169,6 +179,7 @@ class WindowAssembler:
         self.idle_ttl_s = idle_ttl_s
         self.stats = WindowStats()
         self._buffers: dict[str, _SensorBuffer] = {}
+        self._recent_gaps: deque[float] = deque(maxlen=1001)  # spacing of recent readings, per sensor
 
     def __len__(self) -> int:
         return len(self._buffers)
@@ -203,6 +214,7 @@ class WindowAssembler:
                 self.stats.duplicates += 1
                 return windows
             gap = ts - last
+            self._recent_gaps.append(gap)
             if gap > self.max_fill_s:
                 self.stats.gap_restarts += 1
                 if buffer.count < self.length:
@@ -232,6 +244,19 @@ class WindowAssembler:
                 self.stats.unwindowed += buffer.count
         self.stats.evicted += len(idle)
         return idle
+
+    def observed_period(self, min_intervals: int = 1) -> float | None:
+        """The median spacing of the last ~1,000 readings of each sensor (None below ``min_intervals``).
+
+        >>> assembler = WindowAssembler(length=3, sample_period_s=300.0, max_fill_s=1500.0)
+        >>> for t in (0.0, 60.0, 120.0, 180.0):
+        ...     _ = assembler.add("s1", t, np.array([1.0]), ("t", 0, int(t)))
+        >>> assembler.observed_period()
+        60.0
+        """
+        if len(self._recent_gaps) < max(min_intervals, 1):
+            return None
+        return float(np.median(self._recent_gaps))
 
     def readings_without_window(self) -> int:
         """Readings that never were in a full window: dropped with a short buffer, or held in one now."""
