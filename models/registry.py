@@ -115,10 +115,8 @@ class ModelRegistry:
         watcher swaps to the right version as soon as the pointer is valid again.
         """
         try:
-            return self.load(device=device)
+            current = self.current_version()
         except RegistryError as error:
-            if not self._pointer_is_malformed():
-                raise
             for version in reversed(self.versions()):
                 try:
                     loaded = load_checkpoint(self.path_of(version), device)
@@ -127,13 +125,7 @@ class ModelRegistry:
                 log.error("%s; serving the newest verified version %s until it is fixed", error, version)
                 return loaded
             raise
-
-    def _pointer_is_malformed(self) -> bool:
-        try:
-            self._pointer()
-        except RegistryError:
-            return True
-        return False
+        return self.load(current, device=device)
 
     def list(self) -> list[VersionInfo]:
         current = self.current_version()

@@ -98,6 +98,13 @@ class MeanStdRule:
         return Threshold(float(errors.mean() + self.k * errors.std()), self.name, {"k": self.k}, errors.size)
 
 
+def _gpd_level(initial: float, shape: float, scale: float, ratio: float) -> float:
+    """The level a generalized Pareto tail over ``initial`` leaves ``ratio`` of its excesses above (0: exponential)."""
+    if abs(shape) < 1e-6:
+        return float(initial - scale * np.log(ratio))
+    return float(initial + scale / shape * (ratio ** (-shape) - 1.0))
+
+
 @dataclass(frozen=True)
 class PeaksOverThresholdRule:
     """SPOT: GPD fitted to excesses over the ``initial_quantile``; threshold at tail probability ``risk``."""
@@ -119,12 +126,7 @@ class PeaksOverThresholdRule:
             # Too few peaks to fit a tail: fall back to the initial quantile, and say so in the params.
             return Threshold(initial, self.name, {**params, "fallback": 1.0}, errors.size)
         shape, _, scale = stats.genpareto.fit(excesses, floc=0.0)
-        ratio = self.risk * errors.size / excesses.size
-        if abs(shape) < 1e-6:
-            value = initial - scale * np.log(ratio)
-        else:
-            value = initial + scale / shape * (ratio ** (-shape) - 1.0)
-        value = float(max(value, initial))
+        value = float(max(_gpd_level(initial, shape, scale, self.risk * errors.size / excesses.size), initial))
         return Threshold(
             value, self.name, {**params, "gpd_shape": float(shape), "gpd_scale": float(scale)}, errors.size
         )
@@ -193,10 +195,9 @@ class TargetFarRule:
             return float(errors.max()), {"fallback": 1.0}
         shape, _, scale = stats.genpareto.fit(excesses, floc=0.0)
         if shape < -0.5 or abs(shape) < 1e-6:
-            scale = float(excesses.mean())
-            return float(initial - scale * np.log(ratio)), {"gpd_shape": 0.0, "gpd_scale": scale}
-        value = initial + scale / shape * (ratio ** (-shape) - 1.0)
-        return float(max(value, initial)), {"gpd_shape": float(shape), "gpd_scale": float(scale)}
+            shape, scale = 0.0, float(excesses.mean())
+        value = float(max(_gpd_level(initial, shape, scale, ratio), initial))
+        return value, {"gpd_shape": float(shape), "gpd_scale": float(scale)}
 
 
 @dataclass(frozen=True)

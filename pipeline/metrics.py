@@ -8,7 +8,7 @@ True
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class ScoringMetrics:
@@ -77,10 +77,6 @@ class ScoringMetrics:
     def set_model_version(self, version: str) -> None:
         self.model_version.clear()
         self.model_version.labels(version=version).set(1)
-
-    def serve(self, port: int, address: str = "127.0.0.1") -> None:
-        """Expose /metrics over HTTP on ``port`` (a daemon thread); see :mod:`pipeline.health` for probes too."""
-        start_http_server(port, addr=address, registry=self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
