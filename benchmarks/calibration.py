@@ -28,7 +28,6 @@ import pandas as pd
 
 from benchmarks.tep import load_tep
 from benchmarks.untuned import DetectorSettings
-from models.detector import AnomalyDetector
 from models.skab import CHANNELS as SKAB_CHANNELS
 from models.threshold import RecentLevelJudge, TargetFarRule
 from pipeline.simulator import FleetSpec, simulate_fleet
@@ -104,12 +103,6 @@ def normal_sets(tep_dir: Path | None, skab_dir: Path | None) -> list[NormalSet]:
     return sets
 
 
-def observed_rate(detector: AnomalyDetector, segments: Sequence[np.ndarray]) -> tuple[float, int]:
-    """Share of windows of ``segments`` over the detector's threshold (before any k-of-n filter)."""
-    exceeded = np.concatenate([detector.predict(segment).exceeded for segment in segments])
-    return float(exceeded.mean()), int(exceeded.size)
-
-
 def run_calibration(
     sets: Sequence[NormalSet],
     settings: DetectorSettings,
@@ -120,13 +113,14 @@ def run_calibration(
     target_far = settings.target_far
     for normal in sets:
         detector = settings.fit(normal.fit)
-        observed, windows = observed_rate(detector, normal.observe)
         assert detector.threshold is not None
         assert detector.calibration_errors is not None
+        detections = [detector.predict(segment) for segment in normal.observe]
+        # the share of windows over the threshold, before any k-of-n filter
+        exceeded = np.concatenate([detection.exceeded for detection in detections])
+        observed, windows = float(exceeded.mean()), int(exceeded.size)
         judge = RecentLevelJudge.calibrate(detector.calibration_errors, TargetFarRule(target_far))
-        recent_flags = [
-            judge.run(detector.predict(segment).error, detector.calibration_errors) for segment in normal.observe
-        ]
+        recent_flags = [judge.run(detection.error, detector.calibration_errors) for detection in detections]
         result = CalibrationResult(
             normal.name,
             normal.description,

@@ -214,8 +214,10 @@ def run_tep(root: Path, settings: DetectorSettings) -> TepReport:
     detector = settings.fit(data.train, channels=tuple(f"x{i + 1}" for i in range(data.train.shape[1])))
     target_far = settings.target_far
 
+    detections = {id(r): detector.predict(r) for r in (data.normal_test, *data.faults.values())}  # once per file
+
     def driftline_flags(readings: np.ndarray) -> np.ndarray:
-        return detector.predict(readings).row_flags(len(readings))
+        return detections[id(readings)].row_flags(len(readings))
 
     pca = PcaMonitor.fit(data.train)
 
@@ -229,10 +231,8 @@ def run_tep(root: Path, settings: DetectorSettings) -> TepReport:
     judge = RecentLevelJudge.calibrate(detector.calibration_errors, TargetFarRule(target_far))
 
     def recent_level_flags(readings: np.ndarray) -> np.ndarray:
-        detection = detector.predict(readings)
-        flags = np.zeros(len(readings), dtype=bool)
-        flags[detection.window_end_row] = judge.run(detection.error, detector.calibration_errors)
-        return flags
+        detection = detections[id(readings)]
+        return detection.row_flags(len(readings), judge.run(detection.error, detector.calibration_errors))
 
     ours = evaluate_flags("driftline LSTM-AE", driftline_flags, data)
     methods = [
@@ -245,14 +245,12 @@ def run_tep(root: Path, settings: DetectorSettings) -> TepReport:
     assert detector.threshold is not None
     # Diagnostic only: the threshold at which driftline's FAR on d00_te equals PCA Q's (uses d00_te).
     pca_q_far = methods[1].far
-    errors = np.nan_to_num(detector.predict(data.normal_test).error, nan=-np.inf)
+    errors = np.nan_to_num(detections[id(data.normal_test)].error, nan=-np.inf)
     oracle_threshold = float(np.quantile(errors[np.isfinite(errors)], 1.0 - pca_q_far))
 
     def oracle_flags(readings: np.ndarray) -> np.ndarray:
-        detection = detector.predict(readings)
-        flags = np.zeros(len(readings), dtype=bool)
-        flags[detection.window_end_row] = np.nan_to_num(detection.error, nan=-np.inf) > oracle_threshold
-        return flags
+        detection = detections[id(readings)]
+        return detection.row_flags(len(readings), np.nan_to_num(detection.error, nan=-np.inf) > oracle_threshold)
 
     oracle = evaluate_flags("driftline, oracle threshold", oracle_flags, data)
     return TepReport(

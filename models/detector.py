@@ -157,10 +157,13 @@ class Detection:
             frame[f"error_{channel}"] = self.channel_error[:, i]
         return frame
 
-    def row_flags(self, n_rows: int) -> np.ndarray:
-        """Alarms as per-row flags ``[n_rows]``: row ``t`` takes the alarm of the window ending at ``t``."""
+    def row_flags(self, n_rows: int, window_flags: np.ndarray | None = None) -> np.ndarray:
+        """Alarms as per-row flags ``[n_rows]``: row ``t`` takes the alarm of the window ending at ``t``.
+
+        ``window_flags`` (one per window) replaces the alarms, e.g. flags from another judge of the errors.
+        """
         flags = np.zeros(n_rows, dtype=bool)
-        flags[self.window_end_row] = self.alarm
+        flags[self.window_end_row] = self.alarm if window_flags is None else window_flags
         return flags
 
 

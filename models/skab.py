@@ -143,9 +143,7 @@ def run_experiment(experiment: Experiment, params: SkabParams) -> ExperimentResu
         rule = make_rule(params.threshold_rule, **params.threshold_params)
         judge = RecentLevelJudge.calibrate(detector.calibration_errors, rule)
         exceeded = judge.run(detection.error, detector.calibration_errors)
-        rows = np.zeros(len(readings), dtype=bool)
-        rows[detection.window_end_row] = detector.alarm.apply(exceeded)
-        flags = pd.Series(rows, index=experiment.frame.index)
+        flags = pd.Series(detection.row_flags(len(readings), detector.alarm.apply(exceeded)), experiment.frame.index)
     else:
         flags = pd.Series(detection.row_flags(len(readings)), index=experiment.frame.index)
     return ExperimentResult(experiment.name, flags, time.perf_counter() - started)
