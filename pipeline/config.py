@@ -21,11 +21,12 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from models.training_config import TrainingConfig
 
@@ -182,8 +183,8 @@ class ScoringSettings(_Section):
     max_message_bytes: int = Field(1_000_000, gt=0, description="Bigger messages are dead-lettered.")
     allowed_sensors: list[str] | None = Field(None, description="Whitelist; others are dead-lettered.")
     pipelined: bool = Field(True, description="Score on a second thread while the next batch is decoded.")
-    min_ts: str = Field(
-        "2000-01-01T00:00:00Z", description="Readings stamped earlier are dead-lettered (ts_out_of_range)."
+    min_ts: AwareDatetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC), description="Readings stamped earlier are dead-lettered (ts_out_of_range)."
     )
     max_future_skew_s: float = Field(
         3600.0, gt=0, description="Readings stamped further ahead of the wall clock are dead-lettered."
@@ -191,26 +192,6 @@ class ScoringSettings(_Section):
     stop_timeout_s: float = Field(
         10.0, gt=0, description="After SIGTERM/SIGINT, exit within this long whatever the broker does (code 75)."
     )
-
-    @field_validator("min_ts")
-    @classmethod
-    def _iso_with_zone(cls, value: str) -> str:
-        from datetime import datetime
-
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError as error:
-            raise ValueError(f"not an ISO-8601 time ({error})") from None
-        if parsed.tzinfo is None:
-            raise ValueError("needs a time zone, e.g. 2000-01-01T00:00:00Z")
-        return value
-
-    @property
-    def min_epoch_s(self) -> float:
-        """``min_ts`` in epoch seconds."""
-        from datetime import datetime
-
-        return datetime.fromisoformat(self.min_ts.replace("Z", "+00:00")).timestamp()
 
 
 class DriftSettings(_Section):

@@ -80,7 +80,7 @@ def build_loop(
         max_message_bytes=config.scoring.max_message_bytes,
         allowed_sensors=allowed,
         pipelined=config.scoring.pipelined,
-        min_ts=config.scoring.min_epoch_s,
+        min_ts=config.scoring.min_ts.timestamp(),
         max_future_skew_s=config.scoring.max_future_skew_s,
         write_retry=RetryPolicy(give_up_after_s=config.sinks.max_write_outage_s),
         ready_commit_age_s=config.metrics.ready_commit_age_s,
