@@ -89,6 +89,7 @@ class FaultReport:
     hot_swapped_to: str | None = None
     final_exit_code: int | None = None
     missing_examples: list[str] = field(default_factory=list)
+    served_versions: list[str] = field(default_factory=list)  # model versions found in the error log
     evidence: str | None = None  # where the error log and serve logs were kept when a target was missed
     seconds: float = 0.0
 
@@ -536,7 +537,7 @@ def run_fault_benchmark(plan: FaultPlan, cache_dir: Path, progress: Any = print)
                 shutil.copytree(work / "disk" / "error_log", work / "error_log_kept")
                 report.evidence = str(work)
             swapped = report.hot_swapped_to
-            if swapped is not None and not _log_has_version(work / "disk" / "error_log", swapped):
+            if swapped is not None and swapped not in report.served_versions:
                 report.hot_swapped_to = f"{swapped} published but never served"
     finally:
         broker.stop()
@@ -544,11 +545,6 @@ def run_fault_benchmark(plan: FaultPlan, cache_dir: Path, progress: Any = print)
             shutil.rmtree(work, ignore_errors=True)
     report.seconds = time.monotonic() - started
     return report
-
-
-def _log_has_version(error_log: Path, version: str) -> bool:
-    table = ds.dataset(error_log / "errors", format="parquet", partitioning="hive").to_table(columns=["model_version"])
-    return version in set(table["model_version"].to_pylist())
 
 
 def _score(
@@ -575,8 +571,9 @@ def _score(
         stamps = (since_epoch // pd.Timedelta(milliseconds=1)).to_numpy()[: good_sensors[str(sensor)]]
         expected |= {(str(sensor), int(ms)) for ms in stamps[plan.window - 1 :]}
     table = ds.dataset(error_log / "errors", format="parquet", partitioning="hive").to_table(
-        columns=["sensor_id", "window_end"]
+        columns=["sensor_id", "window_end", "model_version"]
     )
+    report.served_versions = sorted(set(table["model_version"].to_pylist()))
     ends = table["window_end"].cast("int64").to_numpy()
     keys = list(zip(table["sensor_id"].to_pylist(), (int(ms) for ms in ends), strict=True))
     present = set(keys)
