@@ -31,6 +31,8 @@ class DetectorSettings:
     target_far: float
     training: TrainingConfig
     relative_channels: tuple[str, ...] = ()
+    calibration_folds: int = 0
+    score_steps: int | None = None
 
     @classmethod
     def from_config(cls, config: DriftlineConfig) -> DetectorSettings:
@@ -42,6 +44,8 @@ class DetectorSettings:
             target_far=model.target_far,
             training=replace(config.training, progress=False),
             relative_channels=tuple(model.relative_channels),
+            calibration_folds=model.calibration_folds,
+            score_steps=model.score_steps,
         )
 
     def fit(
@@ -56,5 +60,7 @@ class DetectorSettings:
             training=self.training,
             rule=TargetFarRule(self.target_far),
             relative_channels=self.relative_channels,
+            calibration_folds=self.calibration_folds,
+            score_steps=self.score_steps,
             channels=channels,
         )

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.crossfit import crossfit_errors
 from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
 from models.preprocessing import StandardScaler, finite_windows, window_end_rows
 from models.regimes import Regimes, window_levels
@@ -58,14 +59,14 @@ def _split_windows(
         windows = windows[finite_windows(windows)]
         n = len(windows)
         n_cal, n_val = round(n * cal_fraction), max(1, round(n * val_fraction))
-        n_train = n - n_cal - n_val - 2 * gap
-        if n_train < 1 or n_cal < 1:
+        n_train = n - n_cal - n_val - (2 if n_cal else 1) * gap
+        if n_train < 1 or (n_cal < 1 and cal_fraction > 0):
             continue
         parts[0].append(windows[:n_train])
         parts[1].append(windows[n_train + gap : n_train + gap + n_val])
         parts[2].append(windows[n - n_cal :])
     train, val, cal = (np.concatenate(p) if p else np.empty((0, window, scaler.n_channels), np.float32) for p in parts)
-    if len(train) < MIN_TRAIN_WINDOWS or len(cal) < MIN_CALIBRATION_WINDOWS:
+    if len(train) < MIN_TRAIN_WINDOWS or (cal_fraction > 0 and len(cal) < MIN_CALIBRATION_WINDOWS):
         share = 1.0 - val_fraction - cal_fraction
         windows_needed = max(MIN_CALIBRATION_WINDOWS / cal_fraction, (MIN_TRAIN_WINDOWS + 2 * gap) / share)
         raise NotEnoughDataError(
@@ -207,10 +208,12 @@ class AnomalyDetector:
         num_layers: int = 1,
         latent_size: int = 16,
         dropout: float = 0.0,
+        score_steps: int | None = 5,
         training: TrainingConfig = TrainingConfig(),
         rule: ThresholdRule = QuantileRule(0.99),
         threshold_margin: float = 1.0,
         calibration_fraction: float = 0.2,
+        calibration_folds: int = 0,
         alarm: AlarmFilter = AlarmFilter(),
         channels: tuple[str, ...] | None = None,
         relative_channels: Sequence[str | int] | str = (),
@@ -227,7 +230,11 @@ class AnomalyDetector:
         false alarms when normal operation outside the training period varies more than inside it).
         ``relative_channels`` (names from ``channels`` or indices) enter the model relative to each
         window's mean (see :mod:`models.preprocessing`): for slow channels such as temperatures.
-        ``"auto"`` picks them from the data: :func:`wandering_channels`.
+        ``"auto"`` picks them from the data: :func:`wandering_channels`. A window is scored by the
+        reconstruction error of its last ``score_steps`` readings (None: all; see :mod:`models.scoring`).
+        With ``calibration_folds`` > 1 the threshold is fitted on out-of-block errors of that many
+        time-blocked cross-fitting models over all the normal windows (:mod:`models.crossfit`) instead
+        of one held-out slice.
         """
         segments = [readings] if isinstance(readings, np.ndarray) else list(readings)
         if relative_channels == AUTO or (not isinstance(relative_channels, str) and AUTO in relative_channels):
@@ -237,13 +244,20 @@ class AnomalyDetector:
         else:
             relative = _channel_indices(relative_channels, channels, segments[0].shape[1])
         scaler = StandardScaler.fit(np.concatenate(segments), relative)
-        train, val, cal = _split_windows(segments, scaler, window, training.val_fraction, calibration_fraction)
-        config = LSTMAEConfig(segments[0].shape[1], window, hidden_size, num_layers, latent_size, dropout)
+        cal_fraction = 0.0 if calibration_folds else calibration_fraction
+        train, val, cal = _split_windows(segments, scaler, window, training.val_fraction, cal_fraction)
+        steps = None if score_steps is None else min(score_steps, window)
+        config = LSTMAEConfig(segments[0].shape[1], window, hidden_size, num_layers, latent_size, dropout, steps)
         torch.manual_seed(training.seed)  # the initial weights too, not only the batch order
         model = LSTMAutoencoder(config)
         result = train_autoencoder(model, train, training, val_windows=val)
         detector = cls(model, scaler, alarm=alarm, channels=channels, training=result)
-        calibration_errors = reconstruction_errors(model, cal).error
+        if calibration_folds:
+            segment_windows = [scaler.scaled_windows(segment, window) for segment in segments]
+            epochs = result.best_epoch
+            calibration_errors = crossfit_errors(segment_windows, config, training, epochs, calibration_folds)
+        else:
+            calibration_errors = reconstruction_errors(model, cal).error
         detector.threshold = rule.fit(calibration_errors).with_margin(threshold_margin)
         detector.calibration_errors = calibration_errors  # kept in memory (benchmarks), not in checkpoints
         return detector

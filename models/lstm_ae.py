@@ -29,11 +29,16 @@ class LSTMAEConfig:
     num_layers: int = 1
     latent_size: int = 16
     dropout: float = 0.0
+    # readings at the end of each window whose reconstruction error scores it (None: the whole window,
+    # as checkpoints written before this field was added)
+    score_steps: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_channels", "window", "hidden_size", "num_layers", "latent_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LSTMAEConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.score_steps is not None and not 1 <= self.score_steps <= self.window:
+            raise ValueError(f"LSTMAEConfig.score_steps must be in [1, window={self.window}], got {self.score_steps}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LSTMAEConfig.dropout must be in [0, 1), got {self.dropout}")
 

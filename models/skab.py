@@ -85,6 +85,8 @@ class SkabParams:
     # Thermal channels carry the run's history (heat-up, inertia after an incident), not the state now:
     # the model sees their movement within each window, not their level.
     relative_channels: tuple[str, ...] = ("Temperature", "Thermocouple")
+    score_steps: int | None = None  # None: the whole window (as when this setting was chosen)
+    calibration_folds: int = 0
     # "fixed": the calibrated threshold; "recent_level": models.threshold.RecentLevelJudge on the same errors
     judge: str = "fixed"
     training: TrainingConfig = field(
@@ -136,6 +138,8 @@ def run_experiment(experiment: Experiment, params: SkabParams) -> ExperimentResu
         alarm=AlarmFilter(params.alarm_k, params.alarm_n),
         channels=CHANNELS,
         relative_channels=params.relative_channels,
+        score_steps=params.score_steps,
+        calibration_folds=params.calibration_folds,
     )
     detection = detector.predict(readings)
     if params.judge == "recent_level":

@@ -135,22 +135,28 @@ def train_autoencoder(
     config: TrainingConfig = TrainingConfig(),
     val_windows: np.ndarray | None = None,
     distillation: Distillation | None = None,
+    select_epoch: bool = True,
 ) -> TrainingResult:
     """Fit ``model`` to reconstruct ``windows`` ``[n, window, channels]`` (already scaled, finite).
 
     Validation is the time-ordered tail of ``windows`` unless ``val_windows`` is given. The weights of
     the best validation epoch are restored at the end. Passing an already-trained model fine-tunes it;
     ``distillation`` then keeps its reconstructions of the given windows (see :class:`Distillation`).
-    Validation and early stopping judge reconstruction alone.
+    Validation and early stopping judge reconstruction alone. With ``select_epoch=False`` there is no
+    validation: all ``windows`` are trained on for exactly ``config.epochs`` epochs and the last weights
+    are kept (a cross-fitting fold, whose epoch count was chosen elsewhere).
     """
     if not np.isfinite(windows).all():
         raise ValueError("training windows contain NaN/inf; drop them first (models.preprocessing.finite_windows)")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     device = resolve_device(config.device)
-    train_np, val_np = (
-        (windows, val_windows) if val_windows is not None else split_in_time(windows, config.val_fraction)
-    )
+    if not select_epoch:
+        train_np, val_np = windows, windows[:0]
+    elif val_windows is not None:
+        train_np, val_np = windows, val_windows
+    else:
+        train_np, val_np = split_in_time(windows, config.val_fraction)
     train = torch.as_tensor(np.ascontiguousarray(train_np), dtype=torch.float32, device=device)
     val = torch.as_tensor(np.ascontiguousarray(val_np), dtype=torch.float32, device=device)
 
@@ -182,6 +188,10 @@ def train_autoencoder(
             scaler.update()
             train_loss += float(loss.detach()) * len(batch)
             seen += len(batch)
+        if not select_epoch:
+            result.history.append({"epoch": epoch, "train_loss": train_loss / seen, "val_loss": float("nan")})
+            result.best_epoch = epoch
+            continue
         val_loss = _mean_loss(model, val, config.batch_size * 4)
         scheduler.step(val_loss)
         lr = optimizer.param_groups[0]["lr"]
@@ -200,7 +210,8 @@ def train_autoencoder(
                     result.best_val_loss,
                 )
                 break
-    model.load_state_dict(best_state)
+    if select_epoch:
+        model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - started
     return result

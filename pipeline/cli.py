@@ -447,6 +447,8 @@ def benchmark_skab(
             alarm_k=model.alarm_k,
             alarm_n=model.alarm_n,
             relative_channels=tuple(model.relative_channels),
+            score_steps=model.score_steps,
+            calibration_folds=model.calibration_folds,
             training=replace(app.config.training, progress=False),
         )
     params = replace(params, judge=judge)

@@ -110,6 +110,9 @@ class ModelSettings(_Section):
     hidden_size: int = Field(32, ge=1)
     latent_size: int = Field(8, ge=1)
     num_layers: int = Field(1, ge=1)
+    score_steps: int = Field(
+        5, ge=1, description="A window is scored by the reconstruction error of its last score_steps readings."
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     threshold_rule: Literal["quantile", "mean_std", "pot", "target_far"] = "target_far"
     threshold_params: dict[str, float] = Field(default_factory=lambda: {"q": 0.99})
@@ -120,6 +123,12 @@ class ModelSettings(_Section):
         lt=0.5,
         description="Share of normal windows allowed over the threshold (threshold_rule = 'target_far'); "
         "k-of-n alarms lower the alarm rate below it.",
+    )
+    calibration_folds: int = Field(
+        0,
+        ge=0,
+        description="Calibrate the threshold on out-of-block errors of this many time-blocked cross-fitting models "
+        "(each trained without its block); 0: on one held-out slice at the end of the data (cheaper).",
     )
     alarm_k: int = Field(1, ge=1, description="Alarm when alarm_k of the last alarm_n windows exceed.")
     alarm_n: int = Field(1, ge=1)
@@ -147,9 +156,11 @@ class ModelSettings(_Section):
             "hidden_size": self.hidden_size,
             "latent_size": self.latent_size,
             "num_layers": self.num_layers,
+            "score_steps": self.score_steps,
             "dropout": self.dropout,
             "rule": make_rule(rule, **rule_params),
             "threshold_margin": self.threshold_margin,
+            "calibration_folds": self.calibration_folds,
             "alarm": AlarmFilter(self.alarm_k, self.alarm_n),
             "relative_channels": tuple(self.relative_channels),
         }
