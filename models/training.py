@@ -177,8 +177,12 @@ def train_autoencoder(
         train_loss, seen = 0.0, 0
         for batch in _batches(train, config.batch_size, generator):
             optimizer.zero_grad(set_to_none=True)
+            inputs = batch
+            if config.input_noise > 0:
+                noise = torch.randn(batch.shape, generator=generator).to(batch.device)
+                inputs = batch + config.input_noise * noise
             with torch.autocast(device_type=device.type, enabled=use_amp):
-                loss = nn.functional.mse_loss(model(batch), batch)
+                loss = nn.functional.mse_loss(model(inputs), batch)
                 if teacher is not None:
                     loss = loss + _distillation_loss(model, teacher, len(batch), generator)
             scaler.scale(loss).backward()

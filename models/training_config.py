@@ -24,6 +24,9 @@ class TrainingConfig:
     device: str = "auto"
     amp: bool = True
     progress: bool = True
+    # denoising: Gaussian noise of this standard deviation (in scaled units) is added to the inputs while
+    # training, the target stays the clean window, so the network cannot learn the identity map
+    input_noise: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -97,3 +97,20 @@ def test_score_steps_travel_in_the_checkpoint_and_older_ones_score_the_whole_win
     del meta["model"]["config"]["score_steps"]
     (path / META_FILE).write_text(json.dumps(meta))
     assert load_checkpoint(path).detector.model.config.score_steps is None
+
+
+def test_denoising_training_learns_to_remove_input_noise() -> None:
+    # A wide network (latent as large as the window) trained on clean sines restores noisy inputs to
+    # about 0.17 of their noise power without input noise and 0.08 with it (seeded, CPU): the bound
+    # 0.12 sits between the two, so the test fails if the noise is not applied while training.
+    t = np.arange(2000, dtype=np.float32)
+    clean = np.stack([np.sin(t / 8), np.cos(t / 13)], axis=1)
+    windows = np.lib.stride_tricks.sliding_window_view(clean, (16, 2))[:, 0][::2].copy()  # [n, 16, 2]
+    torch.manual_seed(0)
+    model = LSTMAutoencoder(LSTMAEConfig(2, 16, hidden_size=64, latent_size=64))
+    training = TrainingConfig(epochs=40, batch_size=32, learning_rate=5e-3, input_noise=0.3, progress=False)
+    train_autoencoder(model, windows, training)
+    noisy = windows + np.random.default_rng(6).normal(0, 0.3, windows.shape).astype(np.float32)
+    with torch.no_grad():
+        restored = model(torch.as_tensor(noisy)).numpy()
+    assert np.mean((restored - windows) ** 2) < 0.12 * np.mean((noisy - windows) ** 2)
