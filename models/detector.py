@@ -68,7 +68,9 @@ def _split_windows(
     train, val, cal = (np.concatenate(p) if p else np.empty((0, window, scaler.n_channels), np.float32) for p in parts)
     if len(train) < MIN_TRAIN_WINDOWS or (cal_fraction > 0 and len(cal) < MIN_CALIBRATION_WINDOWS):
         share = 1.0 - val_fraction - cal_fraction
-        windows_needed = max(MIN_CALIBRATION_WINDOWS / cal_fraction, (MIN_TRAIN_WINDOWS + 2 * gap) / share)
+        windows_needed = (MIN_TRAIN_WINDOWS + 2 * gap) / share
+        if cal_fraction > 0:
+            windows_needed = max(MIN_CALIBRATION_WINDOWS / cal_fraction, windows_needed)
         raise NotEnoughDataError(
             f"too little normal data: {sum(len(s) for s in segments):,} readings in {len(segments)} segment(s) give "
             f"{len(train)} training and {len(cal)} calibration windows of {window} readings; driftline needs at "

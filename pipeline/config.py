@@ -140,6 +140,13 @@ class ModelSettings(_Section):
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     watch_interval_s: float = Field(1.0, gt=0, description="How often the scorer checks the registry for a new model.")
 
+    @field_validator("calibration_folds")
+    @classmethod
+    def _folds_are_none_or_several(cls, folds: int) -> int:
+        if folds == 1:
+            raise ValueError("calibration_folds must be 0 (one held-out slice) or at least 2 (cross-fitting)")
+        return folds
+
     def rule_spec(self) -> tuple[str, dict[str, float]]:
         """The threshold rule's name and parameters (``target_far`` takes its parameter from this section)."""
         if self.threshold_rule == "target_far":

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 from models.checkpoint import META_FILE, load_checkpoint, save_checkpoint
 from models.crossfit import crossfit_errors, fold_blocks, outside_block
-from models.detector import AnomalyDetector
+from models.detector import AnomalyDetector, NotEnoughDataError
 from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
 from models.scoring import reconstruction_errors
 from models.training import TrainingConfig, train_autoencoder
+from pipeline.config import ConfigError, load_config
 
 QUICK = TrainingConfig(epochs=2, progress=False)
 
@@ -114,3 +115,10 @@ def test_denoising_training_learns_to_remove_input_noise() -> None:
     with torch.no_grad():
         restored = model(torch.as_tensor(noisy)).numpy()
     assert np.mean((restored - windows) ** 2) < 0.12 * np.mean((noisy - windows) ** 2)
+
+
+def test_too_little_data_for_cross_fitting_is_the_named_error_and_one_fold_is_refused() -> None:
+    with pytest.raises(NotEnoughDataError, match="too little normal data"):
+        AnomalyDetector.fit(np.zeros((50, 2)), window=10, training=QUICK, calibration_folds=3)
+    with pytest.raises(ConfigError, match="calibration_folds"):
+        load_config(overrides=["model.calibration_folds=1"])
