@@ -2,8 +2,8 @@
 
 Verbs (Alibi Detect style): :meth:`AnomalyDetector.fit` trains on normal readings and calibrates the
 threshold on held-out windows; :meth:`~AnomalyDetector.score` returns window errors;
-:meth:`~AnomalyDetector.infer_threshold` recalibrates; :meth:`~AnomalyDetector.predict` returns a typed
-:class:`Detection`. Windows are scored causally: the window ending at row ``t`` uses rows ``<= t`` only.
+:meth:`~AnomalyDetector.predict` returns a typed :class:`Detection` (retraining lives in
+:mod:`jobs.retrain`). Windows are scored causally: the window ending at row ``t`` uses rows ``<= t`` only.
 
 >>> import numpy as np
 >>> t = np.arange(600.0)
@@ -264,21 +264,6 @@ class AnomalyDetector:
         detector.calibration_errors = calibration_errors  # kept in memory (benchmarks), not in checkpoints
         return detector
 
-    def fine_tune(
-        self,
-        readings: np.ndarray | Sequence[np.ndarray],
-        training: TrainingConfig,
-        rule: ThresholdRule | None = None,
-    ) -> TrainingResult:
-        """Continue training on new normal ``readings`` (scaler kept); recalibrate if ``rule`` is given."""
-        segments = [readings] if isinstance(readings, np.ndarray) else list(readings)
-        train, val, cal = _split_windows(segments, self.scaler, self.window, training.val_fraction, 0.2)
-        self.training = train_autoencoder(self.model, train, training, val_windows=val)
-        if rule is not None:
-            self.threshold = rule.fit(reconstruction_errors(self.model, cal).error)
-            self.regimes = None
-        return self.training
-
     def to(self, device: str | torch.device) -> AnomalyDetector:
         self.model.to(resolve_device(str(device)))
         return self
@@ -296,20 +281,13 @@ class AnomalyDetector:
         error[ok], channel_error[ok] = scored.error, scored.channel_error
         return WindowScores(error, channel_error)
 
-    def infer_threshold(self, normal_readings: np.ndarray, rule: ThresholdRule) -> Threshold:
-        """Recalibrate the threshold on windows of ``normal_readings``."""
-        _, scores = self.score(normal_readings)
-        self.threshold = rule.fit(scores.error)
-        self.regimes = None
-        return self.threshold
-
     def window_thresholds(self, scaled_windows: np.ndarray) -> np.ndarray:
         """The threshold each of ``scaled_windows`` ``[n, window, channels]`` is judged against ``[n]``.
 
         With :attr:`regimes`, the threshold of each window's likeliest regime; else the one threshold.
         """
         if self.threshold is None:
-            raise ThresholdNotSetError("no threshold yet: call fit() or infer_threshold() first")
+            raise ThresholdNotSetError("no threshold yet: fit() the detector or load a checkpoint")
         if self.regimes is None:
             return np.full(len(scaled_windows), self.threshold.value, dtype=np.float64)
         return self.regimes.thresholds(window_levels(scaled_windows))

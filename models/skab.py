@@ -23,11 +23,10 @@ import torch
 
 from models.detector import AnomalyDetector
 from models.evaluation import (
-    NAB_PROFILES,
     PointMetrics,
     alarms_from_flags,
     anomaly_episodes,
-    nab_counts,
+    nab_scores,
     point_metrics,
 )
 from models.threshold import AlarmFilter, RecentLevelJudge, make_rule
@@ -231,19 +230,15 @@ def _pooled(results: list[ExperimentResult], experiments: list[Experiment], star
 def _nab(
     results: list[ExperimentResult], experiments: list[Experiment], start_row: int, width: str, centred: bool
 ) -> dict[str, float]:
-    scores = {}
-    for profile in NAB_PROFILES:
-        totals = np.zeros(3)
-        for result, experiment in zip(results, experiments, strict=True):
-            changepoints = experiment.frame["changepoint"].iloc[start_row:]
-            if centred:  # [cp - w/2, cp + w/2] is the right window of a change point moved w/2 earlier
-                changepoints = changepoints.copy()
-                changepoints.index = changepoints.index - pd.Timedelta(width) / 2
-            alarms = alarms_from_flags(result.flags.iloc[start_row:])
-            totals += nab_counts(changepoints, alarms, pd.Timedelta(width), profile)
-        score, null, perfect = totals
-        scores[profile] = float(100.0 * (score - null) / (perfect - null))
-    return scores
+    changepoints, alarms = [], []
+    for result, experiment in zip(results, experiments, strict=True):
+        truth = experiment.frame["changepoint"].iloc[start_row:]
+        if centred:  # [cp - w/2, cp + w/2] is the right window of a change point moved w/2 earlier
+            truth = truth.copy()
+            truth.index = truth.index - pd.Timedelta(width) / 2
+        changepoints.append(truth)
+        alarms.append(alarms_from_flags(result.flags.iloc[start_row:]))
+    return nab_scores(changepoints, alarms, pd.Timedelta(width))
 
 
 def run_benchmark(

@@ -207,6 +207,9 @@ def test_the_loop_checkpoints_every_roll_rows_windows(detector: AnomalyDetector,
     # once >= 40 rows are buffered, and one at the end
     committed = [commit[("t", 0)][0] for commit in source.commits]
     assert committed[-1] == 180
+    # every 40 rows means at least 2 checkpoints before the end (they land at offsets 64 and 112):
+    # without the roll_rows condition there is only the final one
+    assert len(committed) - 1 >= 2, committed
     assert all(later - earlier >= 40 for earlier, later in pairwise(committed[:-1]))
     assert len(committed) <= stats.windows // 40 + 1
     assert len(parts) >= len(committed)
