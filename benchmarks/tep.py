@@ -227,12 +227,13 @@ def run_tep(root: Path, settings: DetectorSettings) -> TepReport:
     def t2_flags(readings: np.ndarray) -> np.ndarray:
         return pca.statistics(readings)[0] > pca.t2_limit
 
-    assert detector.calibration_errors is not None
-    judge = RecentLevelJudge.calibrate(detector.calibration_errors, TargetFarRule(target_far))
+    calibration_errors = detector.calibration_errors
+    assert calibration_errors is not None
+    judge = RecentLevelJudge.calibrate(calibration_errors, TargetFarRule(target_far))
 
     def recent_level_flags(readings: np.ndarray) -> np.ndarray:
         detection = detections[id(readings)]
-        return detection.row_flags(len(readings), judge.run(detection.error, detector.calibration_errors))
+        return detection.row_flags(len(readings), judge.run(detection.error, calibration_errors))
 
     ours = evaluate_flags("driftline LSTM-AE", driftline_flags, data)
     methods = [

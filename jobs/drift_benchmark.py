@@ -198,8 +198,10 @@ def run_policy(
     source = PacedSource(records, rate)
     real_time_rate = float(scenario.sensors)  # records per wall second when one wall second is one plant second
 
+    assert spec.drift is not None, "a drift scenario's fleet has a drift"
+    drift = spec.drift
     fleet["ts"] = epoch_seconds(fleet["timestamp"])
-    drift_ts = float(fleet["ts"].iloc[0]) + spec.drift.at_row
+    drift_ts = float(fleet["ts"].iloc[0]) + drift.at_row
     replay = ReplayBuffer(20_000, 30, len(channels))  # holds the initial model's training windows
     replay.add(normal_windows(fleet[fleet.groupby("sensor_id").cumcount() < scenario.train_rows], channels, 30)[0])
     state: dict[str, Any] = {"detected_ts": None, "last_event_ts": 0.0, "outcomes": [], "worker": None}
@@ -267,7 +269,7 @@ def run_policy(
     frame["label"] = _window_labels(fleet, frame)
     end_ts = epoch_seconds(frame["window_end"])
     pre = frame[end_ts < drift_ts]
-    post = frame[end_ts >= drift_ts + (spec.drift.ramp_rows if spec.drift.kind == "gradual" else 0)]
+    post = frame[end_ts >= drift_ts + (drift.ramp_rows if drift.kind == "gradual" else 0)]
     post_old = post[post["model_version"] == first_version]
     post_new = post[post["model_version"] != first_version]
 

@@ -31,7 +31,8 @@ from models.preprocessing import StandardScaler, finite_windows, window_end_rows
 from models.regimes import Regimes, window_levels
 from models.scoring import WindowScores, reconstruction_errors
 from models.threshold import AlarmFilter, QuantileRule, Threshold, ThresholdRule
-from models.training import TrainingConfig, TrainingResult, resolve_device, train_autoencoder
+from models.training import TrainingResult, resolve_device, train_autoencoder
+from models.training_config import TrainingConfig
 
 MIN_TRAIN_WINDOWS = 64
 MIN_CALIBRATION_WINDOWS = 20

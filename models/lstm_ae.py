@@ -69,12 +69,14 @@ class LSTMAutoencoder(nn.Module):
 
     def encode(self, windows: torch.Tensor) -> torch.Tensor:
         _, (hidden, _) = self.encoder(windows)  # hidden: [layers, batch, hidden]
-        return self.to_latent(hidden[-1])  # [batch, latent]
+        latent: torch.Tensor = self.to_latent(hidden[-1])  # [batch, latent]
+        return latent
 
     def decode(self, latent: torch.Tensor, steps: int) -> torch.Tensor:
         seed = self.from_latent(latent).unsqueeze(1).expand(-1, steps, -1)  # [batch, steps, hidden]
         decoded, _ = self.decoder(seed.contiguous())  # [batch, steps, hidden]
-        return self.readout(decoded)  # [batch, steps, channels]
+        out: torch.Tensor = self.readout(decoded)  # [batch, steps, channels]
+        return out
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         """Reconstruct ``windows`` ``[batch, window, channels]``; same shape out."""

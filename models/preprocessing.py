@@ -114,4 +114,4 @@ def window_end_rows(n_rows: int, length: int, stride: int = 1) -> np.ndarray:
 
 def finite_windows(windows: np.ndarray) -> np.ndarray:
     """Boolean mask ``[n]``: True where a window holds only finite readings."""
-    return np.isfinite(windows).all(axis=(1, 2))
+    return np.asarray(np.isfinite(windows).all(axis=(1, 2)), dtype=bool)

@@ -40,7 +40,7 @@ SHRINKAGE = 0.1
 
 def window_levels(scaled_windows: np.ndarray) -> np.ndarray:
     """Each channel's mean within each window ``[n, window, channels] -> [n, channels]``."""
-    return np.asarray(scaled_windows, dtype=np.float64).mean(axis=1)
+    return np.asarray(np.asarray(scaled_windows, dtype=np.float64).mean(axis=1))
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,11 @@ class Regime:
     def mahalanobis(self, levels: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of each row of ``levels`` from the centre."""
         offset = np.asarray(levels, dtype=np.float64) - self.centre
-        return np.einsum("ni,ni->n", offset, np.linalg.solve(self.covariance, offset.T).T)
+        return np.asarray(np.einsum("ni,ni->n", offset, np.linalg.solve(self.covariance, offset.T).T))
 
     def log_likelihood(self, levels: np.ndarray) -> np.ndarray:
         """Gaussian log density of each row, up to the constant shared by every regime."""
-        return -0.5 * (self.mahalanobis(levels) + np.linalg.slogdet(self.covariance)[1])
+        return np.asarray(-0.5 * (self.mahalanobis(levels) + np.linalg.slogdet(self.covariance)[1]))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,12 +107,12 @@ class Regimes:
         """Index of the likeliest regime for each row of ``levels`` ``[n, channels]``."""
         if len(levels) == 0:
             return np.empty(0, dtype=np.int64)
-        return np.stack([r.log_likelihood(levels) for r in self.regimes], axis=1).argmax(axis=1)
+        return np.asarray(np.stack([r.log_likelihood(levels) for r in self.regimes], axis=1).argmax(axis=1))
 
     def thresholds(self, levels: np.ndarray) -> np.ndarray:
         """The threshold each window is judged against ``[n]`` (every regime must be calibrated)."""
         values = np.array([_calibrated(r).value for r in self.regimes])
-        return values[self.assign(levels)]
+        return np.asarray(values[self.assign(levels)])
 
     def calibrate(
         self, levels: np.ndarray, errors: np.ndarray, rule: ThresholdRule, fallback: Threshold, min_windows: int = 100

@@ -86,7 +86,8 @@ class ModelRegistry:
         return {"current": current, "history": list(history)}
 
     def current_version(self) -> str | None:
-        return self._pointer()["current"]
+        current: str | None = self._pointer()["current"]
+        return current
 
     def versions(self) -> list[str]:
         if not self.versions_dir.is_dir():
@@ -206,7 +207,7 @@ class ModelRegistry:
         pointer = self._pointer()
         if not pointer["history"]:
             raise RegistryError(f"nothing to roll back to: {pointer['current'] or 'no version'} is the first current")
-        previous = pointer["history"][-1]
+        previous: str = pointer["history"][-1]
         try:
             load_checkpoint(self.path_of(previous))
         except CheckpointError as error:

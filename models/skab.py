@@ -30,7 +30,7 @@ from models.evaluation import (
     point_metrics,
 )
 from models.threshold import AlarmFilter, RecentLevelJudge, make_rule
-from models.training import TrainingConfig
+from models.training_config import TrainingConfig
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,8 @@ class Threshold:
 
 @runtime_checkable
 class ThresholdRule(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def fit(self, errors: np.ndarray) -> Threshold: ...
 
@@ -244,7 +245,7 @@ class RecentLevelJudge:
         return flags
 
 
-RULES: dict[str, type] = {
+RULES: dict[str, type[ThresholdRule]] = {
     "quantile": QuantileRule,
     "mean_std": MeanStdRule,
     "pot": PeaksOverThresholdRule,
@@ -255,7 +256,7 @@ RULES: dict[str, type] = {
 def make_rule(name: str, **params: float) -> ThresholdRule:
     """Build a rule by name, e.g. ``make_rule("pot", risk=1e-3)``."""
     try:
-        return RULES[name](**params)  # type: ignore[no-any-return]
+        return RULES[name](**params)
     except KeyError:
         raise ValueError(f"unknown threshold rule {name!r}; choose one of {sorted(RULES)}") from None
 

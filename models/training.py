@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.training_config import TrainingConfig
+from models.training_config import TrainingConfig as TrainingConfig  # re-exported: callers import it from here
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def train_autoencoder(
                 loss = nn.functional.mse_loss(model(inputs), batch)
                 if teacher is not None:
                     loss = loss + _distillation_loss(model, teacher, len(batch), generator)
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             scaler.step(optimizer)

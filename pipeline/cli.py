@@ -172,7 +172,7 @@ def kafka_status(app: _AppContext) -> None:
     click.echo(f"running: Apache Kafka {state.version} at {state.bootstrap_servers} (pid {state.pid})")
 
 
-def _device_option(function):  # type: ignore[no-untyped-def]
+def _device_option(function):
     return click.option("--device", default=None, help="Override model.device: auto, cpu, cuda, cuda:1 ...")(function)
 
 
@@ -208,7 +208,7 @@ def train(
 
     config = app.config
     settings = config.model
-    frames = []
+    frames: list[pd.DataFrame] = []
     for path in data_paths:  # one segment per file, and per sensor where the file holds a fleet
         frame = read_readings(path)
         groups = [g for _, g in frame.groupby("sensor_id", sort=True)] if "sensor_id" in frame else [frame]
@@ -668,7 +668,7 @@ def benchmark_drift(policies: tuple[str, ...], scenarios: tuple[str, ...], seeds
         click.echo(json.dumps(headline(results)))
 
 
-def tqdm_files(total: int):  # type: ignore[no-untyped-def]
+def tqdm_files(total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="SKAB files", unit="file")

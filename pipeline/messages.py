@@ -215,7 +215,7 @@ def _pick_channels(
 ) -> Reading | Rejection:
     try:  # fast path: every channel present as a finite int/float (bool is not a number here)
         picked = [values[channel] for channel in channels]
-        if all(type(value) is float or type(value) is int for value in picked) and math.isfinite(sum(picked)):
+        if all(type(value) is float or type(value) is int for value in picked) and math.isfinite(sum(picked)):  # type: ignore[arg-type]
             return Reading(sensor, ts, np.array(picked, dtype=np.float64))
     except (KeyError, OverflowError):
         pass
@@ -321,8 +321,12 @@ def _decode(
     items = payload.get("readings", [payload])
     if not isinstance(items, list) or not items:
         return Decoded([], [Rejection("bad_readings", "'readings' must be a non-empty list of readings")])
-    readings, rejections = [], []
+    readings: list[Reading] = []
+    rejections: list[Rejection] = []
     for index, item in enumerate(items):
         outcome = _decode_one(item, index, key_sensor, channels, allowed_sensors, ts_range)
-        (readings if isinstance(outcome, Reading) else rejections).append(outcome)
+        if isinstance(outcome, Reading):
+            readings.append(outcome)
+        else:
+            rejections.append(outcome)
     return Decoded(readings, rejections)

@@ -48,7 +48,7 @@ class Report:
     windows: int = 0
 
 
-def _load(error_log_dir: Path, since: datetime | None, until: datetime | None, sensors: list[str] | None):  # type: ignore[no-untyped-def]
+def _load(error_log_dir: Path, since: datetime | None, until: datetime | None, sensors: list[str] | None):
     error_clauses, error_params = _time_range("window_end", since, until)
     if sensors:
         error_clauses.append(f"sensor_id IN ({', '.join('?' for _ in sensors)})")
@@ -85,7 +85,7 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _version_bands(ax, frame: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+def _version_bands(ax, frame: pd.DataFrame) -> None:
     """Shade each model version's stretch of time; label it at the top."""
     versions = frame["model_version"].to_numpy()
     times = frame["window_end"]

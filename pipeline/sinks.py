@@ -186,7 +186,7 @@ class ErrorLogSink:
 
     def discard_uncommitted(self, topic: str, partition: int, committed_offset: int) -> list[Path]:
         """Remove parts of ``topic``/``partition`` written beyond ``committed_offset`` (they will be redone)."""
-        removed = []
+        removed: list[Path] = []
         if not self.root.is_dir():
             return removed
         for path in self.root.glob(f"date=*/part-{_safe(topic)}-{partition}-*.parquet"):

@@ -64,7 +64,7 @@ OnAssigned = Callable[[list[Assignment]], None]
 OnRevoked = Callable[[list[TopicPartitionKey]], None]
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
 
@@ -78,7 +78,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         assignments = []
         for tp in assigned:
             committed = self.source.consumer.committed(tp, metadata=True)
-            offset, metadata = 0, {}
+            offset, metadata = 0, dict[str, Any]()
             if committed is not None and committed.offset is not None and committed.offset >= 0:
                 offset = committed.offset
                 try:

@@ -71,7 +71,7 @@ class ThroughputResult:
             return None
         return self.cores * 1e6 / (consume + model)
 
-    def headline(self) -> dict[str, float]:
+    def headline(self) -> dict[str, float | None]:
         return {
             "end_to_end": round(self.end_to_end, 1),
             "consume_only": round(self.consume_only, 1),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import overload
+from typing import Any
 
 import pandas as pd
 
@@ -26,14 +26,11 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _EPOCH = pd.Timestamp(0, tz="UTC")
 
 
-@overload
-def epoch_seconds(times: pd.Timestamp) -> float: ...
-@overload
-def epoch_seconds(times: pd.Series) -> pd.Series: ...
-@overload
-def epoch_seconds(times: pd.DatetimeIndex) -> pd.Index: ...
-def epoch_seconds(times: pd.Timestamp | pd.Series | pd.DatetimeIndex) -> float | pd.Series | pd.Index:
-    """UTC timestamps (one Timestamp, a Series or an index) as float seconds since 1970-01-01."""
+def epoch_seconds(times: pd.Timestamp | pd.Series | pd.DatetimeIndex) -> Any:
+    """UTC timestamps (one Timestamp, a Series or an index) as float seconds since 1970-01-01.
+
+    Returns the same kind: a float, a Series or an Index (typed Any: pandas carries no types here).
+    """
     return (times - _EPOCH) / pd.Timedelta(seconds=1)
 
 

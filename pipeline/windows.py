@@ -150,7 +150,7 @@ class _SensorBuffer:
     @property
     def last_values(self) -> np.ndarray:
         assert self.ring is not None
-        return self.ring[(self.count - 1) % self.length]
+        return np.asarray(self.ring[(self.count - 1) % self.length])
 
     def window(self) -> np.ndarray:
         """The last ``length`` values, oldest first, as a new array ``[length, channels]``."""
