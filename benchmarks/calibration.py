@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.ensemble import Ensemble
 from benchmarks.tep import load_tep
 from benchmarks.untuned import DetectorSettings
 from models.skab import CHANNELS as SKAB_CHANNELS
@@ -57,6 +58,7 @@ class CalibrationResult:
     threshold: float
     method: str
     observed_recent_level: float | None = None  # the same windows judged by RecentLevelJudge
+    observed_ensemble: float | None = None  # benchmarks.ensemble: LSTM-AE or PCA Q at half the rate each
 
     @property
     def ratio(self) -> float:
@@ -124,6 +126,8 @@ def run_calibration(
         observed, windows = float(exceeded.mean()), int(exceeded.size)
         judge = RecentLevelJudge.calibrate(detector.calibration_errors, TargetFarRule(target_far))
         recent_flags = [judge.run(detection.error, detector.calibration_errors) for detection in detections]
+        ensemble = Ensemble.fit(detector, normal.fit, target_far)
+        ensemble_flags = np.concatenate([ensemble.window_flags(segment) for segment in normal.observe])
         result = CalibrationResult(
             normal.name,
             normal.description,
@@ -133,6 +137,7 @@ def run_calibration(
             detector.threshold.value,
             str(detector.threshold.params.get("method", detector.threshold.rule)),
             float(np.concatenate(recent_flags).mean()),
+            float(ensemble_flags.mean()),
         )
         results.append(result)
         if on_result is not None:
@@ -145,13 +150,13 @@ def format_table(results: Sequence[CalibrationResult], seconds: float) -> str:
         f"calibration: nominal vs observed per-window alarm rate on held-out normal data ({seconds:.0f} s)",
         "",
         f"{'set':<13}{'nominal':>9}{'observed':>10}{'ratio':>8}{'in [0.5x, 2x]':>15}{'windows':>9}"
-        f"{'threshold':>11}  {'rule':<9}{'recent level':>14}  data",
+        f"{'threshold':>11}  {'rule':<9}{'recent level':>14}{'ensemble':>10}  data",
     ]
     for r in results:
         lines.append(
             f"{r.name:<13}{r.nominal:>9.2%}{r.observed:>10.2%}{r.ratio:>8.2f}{'yes' if r.within_target else 'no':>15}"
             f"{r.windows:>9,}{r.threshold:>11.4f}  {r.method:<9}"
-            f"{(r.observed_recent_level or 0.0):>14.2%}  {r.description}"
+            f"{(r.observed_recent_level or 0.0):>14.2%}{(r.observed_ensemble or 0.0):>10.2%}  {r.description}"
         )
     return "\n".join(lines)
 
@@ -163,6 +168,8 @@ def headline(results: Sequence[CalibrationResult]) -> dict[str, Any]:
         out[f"ratio_{r.name}"] = round(r.ratio, 3)
         if r.observed_recent_level is not None:
             out[f"observed_far_recent_level_{r.name}"] = round(r.observed_recent_level, 5)
+        if r.observed_ensemble is not None:
+            out[f"observed_far_ensemble_{r.name}"] = round(r.observed_ensemble, 5)
     out["sets_within_target"] = sum(r.within_target for r in results)
     out["sets"] = len(results)
     return out

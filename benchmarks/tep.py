@@ -200,11 +200,17 @@ class TepReport:
             "target_far": self.target_far,
             "oracle_mean_detection_at_pca_q_far": None if self.oracle is None else round(self.oracle.mean_detection, 4),
             **{
-                f"{m.name.lower().replace(' ', '_').replace('+', 'or')}_mean_detection": round(m.mean_detection, 4)
+                f"{_key(m.name)}_mean_detection": round(m.mean_detection, 4)
                 for m in self.methods[1:]
                 if m.name not in ("PCA Q", "PCA T2")
             },
+            **{f"{_key(m.name)}_far": round(m.far, 4) for m in self.methods[3:]},
         }
+
+
+def _key(name: str) -> str:
+    """A method's name as a JSON key: ``"LSTM-AE or PCA Q"`` -> ``"lstm-ae_or_pca_q"``."""
+    return name.lower().replace(" (split far)", "").replace(" ", "_").replace("+", "or")
 
 
 def run_tep(root: Path, settings: DetectorSettings) -> TepReport:
@@ -235,6 +241,13 @@ def run_tep(root: Path, settings: DetectorSettings) -> TepReport:
         detection = detections[id(readings)]
         return detection.row_flags(len(readings), judge.run(detection.error, calibration_errors))
 
+    from benchmarks.ensemble import Ensemble  # it imports PcaMonitor from here
+
+    ensemble = Ensemble.fit(detector, data.train, target_far)
+
+    def ensemble_flags(readings: np.ndarray) -> np.ndarray:
+        return detections[id(readings)].row_flags(len(readings), ensemble.window_flags(readings))
+
     ours = evaluate_flags("driftline LSTM-AE", driftline_flags, data)
     methods = [
         ours,
@@ -242,6 +255,7 @@ def run_tep(root: Path, settings: DetectorSettings) -> TepReport:
         evaluate_flags("PCA T2", t2_flags, data),
         evaluate_flags("LSTM-AE or PCA Q", lambda r: driftline_flags(r) | q_flags(r), data),
         evaluate_flags("LSTM-AE recent level", recent_level_flags, data),
+        evaluate_flags("ensemble (split FAR)", ensemble_flags, data),
     ]
     assert detector.threshold is not None
     # Diagnostic only: the threshold at which driftline's FAR on d00_te equals PCA Q's (uses d00_te).

@@ -86,7 +86,8 @@ class SkabParams:
     relative_channels: tuple[str, ...] = ("Temperature", "Thermocouple")
     score_steps: int | None = None  # None: the whole window (as when this setting was chosen)
     calibration_folds: int = 0
-    # "fixed": the calibrated threshold; "recent_level": models.threshold.RecentLevelJudge on the same errors
+    # "fixed": the calibrated threshold; "recent_level": models.threshold.RecentLevelJudge on the same errors;
+    # "ensemble": benchmarks.ensemble.Ensemble (LSTM-AE or PCA Q at half the target rate each)
     judge: str = "fixed"
     training: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(epochs=60, batch_size=32, patience=10, progress=False)
@@ -147,6 +148,15 @@ def run_experiment(experiment: Experiment, params: SkabParams) -> ExperimentResu
         judge = RecentLevelJudge.calibrate(detector.calibration_errors, rule)
         exceeded = judge.run(detection.error, detector.calibration_errors)
         flags = pd.Series(detection.row_flags(len(readings), detector.alarm.apply(exceeded)), experiment.frame.index)
+    elif params.judge == "ensemble":
+        from benchmarks.ensemble import Ensemble  # harness code, like this module (issue 17 moves it there)
+
+        target_far = params.threshold_params.get("target_far")
+        if target_far is None:
+            raise ValueError("--judge ensemble splits model.target_far: it needs threshold_rule 'target_far'")
+        ensemble = Ensemble.fit(detector, readings[:TRAIN_ROWS], target_far)
+        window_flags = detector.alarm.apply(ensemble.window_flags(readings))
+        flags = pd.Series(detection.row_flags(len(readings), window_flags), index=experiment.frame.index)
     else:
         flags = pd.Series(detection.row_flags(len(readings)), index=experiment.frame.index)
     return ExperimentResult(experiment.name, flags, time.perf_counter() - started)

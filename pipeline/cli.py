@@ -408,10 +408,11 @@ def benchmark() -> None:
 )
 @click.option(
     "--judge",
-    type=click.Choice(["fixed", "recent_level"]),
+    type=click.Choice(["fixed", "recent_level", "ensemble"]),
     default="fixed",
     show_default=True,
-    help="fixed: the calibrated threshold; recent_level: errors judged against their recent normal level.",
+    help="fixed: the calibrated threshold; recent_level: errors judged against their recent normal level; "
+    "ensemble: LSTM-AE or PCA Q, each at half of model.target_far (benchmarks/ensemble.py).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
 @pass_app

@@ -1,0 +1,73 @@
+"""The LSTM-AE beside a cheap statistical detector (PCA Q), as one ensemble with one false-alarm budget.
+
+A window alarms when the LSTM-AE's error passes its threshold at ``target_far / 2`` (recalibrated on
+the same held-out errors) or the PCA Q statistic of the window's last reading passes its
+Jackson-Mudholkar limit at ``1 - target_far / 2``: a Bonferroni split, so the ensemble promises the
+same per-window rate as either alone. PCA is fitted on the same normal data as the detector, with the
+fewest components that explain 90 % of its variance (the cumulative-percent-variance rule, the
+usual default when nothing else is known about a plant). Measured by ``benchmark tep``, ``benchmark
+calibration`` and ``benchmark skab --judge ensemble``; nothing here is tuned.
+
+>>> rng = np.random.default_rng(0)
+>>> normal = rng.normal(size=(600, 3))
+>>> from benchmarks.untuned import DetectorSettings
+>>> from models.training import TrainingConfig
+>>> settings = DetectorSettings(8, 8, 2, 0.01, TrainingConfig(epochs=2, progress=False))
+>>> ensemble = Ensemble.fit(settings.fit(normal), normal, 0.01)
+>>> flags = ensemble.window_flags(normal)
+>>> flags.shape, bool(flags.mean() < 0.2)
+((593,), True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from benchmarks.tep import PcaMonitor
+from models.detector import AnomalyDetector
+from models.threshold import TargetFarRule
+
+VARIANCE_SHARE = 0.9
+
+
+def components_for_variance(normal: np.ndarray, share: float = VARIANCE_SHARE) -> int:
+    """The fewest principal components of autoscaled ``normal`` that explain ``share`` of its variance.
+
+    >>> rng = np.random.default_rng(1)
+    >>> latent = rng.normal(size=(500, 1))
+    >>> components_for_variance(np.hstack([latent, latent, latent]) + 0.01 * rng.normal(size=(500, 3)))
+    1
+    """
+    std = normal.std(axis=0, ddof=1)
+    scaled = (normal - normal.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    eigenvalues = np.sort(np.linalg.eigvalsh(np.cov(scaled, rowvar=False)))[::-1]
+    explained = np.cumsum(eigenvalues) / eigenvalues.sum()
+    # PCA leaves at least one residual dimension for Q
+    return int(min(np.searchsorted(explained, share) + 1, normal.shape[1] - 1))
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    detector: AnomalyDetector
+    pca: PcaMonitor
+    lstm_threshold: float
+
+    @classmethod
+    def fit(cls, detector: AnomalyDetector, normal: np.ndarray | Sequence[np.ndarray], target_far: float) -> Ensemble:
+        """Split ``target_far`` between a fitted ``detector`` and a PCA Q monitor fitted on ``normal``."""
+        pooled = normal if isinstance(normal, np.ndarray) else np.concatenate(list(normal))
+        if detector.calibration_errors is None:
+            raise ValueError("the detector keeps no calibration errors (fit it in this process)")
+        threshold = TargetFarRule(target_far / 2).fit(detector.calibration_errors).value
+        pca = PcaMonitor.fit(pooled, components_for_variance(pooled), confidence=1.0 - target_far / 2)
+        return cls(detector, pca, threshold)
+
+    def window_flags(self, readings: np.ndarray) -> np.ndarray:
+        """Per window of ``readings`` (as :meth:`AnomalyDetector.predict` orders them): either alarms."""
+        detection = self.detector.predict(readings)
+        lstm = np.nan_to_num(detection.error, nan=-np.inf) > self.lstm_threshold
+        q = self.pca.statistics(readings)[1][detection.window_end_row] > self.pca.q_limit
+        return np.asarray(lstm | q)
