@@ -20,6 +20,8 @@ Three rules share one protocol, ``fit(errors) -> Threshold``:
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -278,3 +280,33 @@ class AlarmFilter:
             return hits.astype(bool)
         counts = np.convolve(hits, np.ones(self.n, dtype=np.int64))[: hits.size]
         return counts >= self.k
+
+
+class StreamingAlarm:
+    """:class:`AlarmFilter`'s rule one window at a time, with the last ``n`` outcomes kept per key (sensor).
+
+    The scorer's alarm state: windows of many sensors arrive interleaved; each sensor's alarms are
+    exactly what ``AlarmFilter.apply`` gives on that sensor's own sequence. A filter with another ``n``
+    keeps each sensor's most recent outcomes; :meth:`reset` forgets them all.
+
+    >>> alarm = StreamingAlarm()
+    >>> alarm.update(["a", "b", "a", "a"], np.array([True, True, False, True]), AlarmFilter(2, 3)).tolist()
+    [False, False, False, True]
+    """
+
+    def __init__(self) -> None:
+        self._recent: dict[str, deque[bool]] = {}
+
+    def update(self, keys: Sequence[str], exceeded: np.ndarray, alarm: AlarmFilter) -> np.ndarray:
+        """Alarms ``[len(keys)]`` for windows of ``keys`` in arrival order, whose exceedances are ``exceeded``."""
+        out = np.empty(len(keys), dtype=bool)
+        for i, key in enumerate(keys):
+            recent = self._recent.get(key)
+            if recent is None or recent.maxlen != alarm.n:
+                recent = self._recent[key] = deque(recent or (), maxlen=alarm.n)
+            recent.append(bool(exceeded[i]))
+            out[i] = sum(recent) >= alarm.k
+        return out
+
+    def reset(self) -> None:
+        self._recent.clear()

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from models.detector import AnomalyDetector
 from models.scoring import reconstruction_errors
+from models.threshold import StreamingAlarm
 from pipeline.windows import Window
 
 
@@ -42,7 +42,7 @@ class WindowScorer:
 
     def __init__(self, detector: AnomalyDetector, model_version: str, batch_size: int = 4096) -> None:
         self.batch_size = batch_size
-        self._recent: dict[str, deque[bool]] = {}
+        self._alarm = StreamingAlarm()  # per-sensor k-of-n state
         self.swap(detector, model_version)
 
     def swap(self, detector: AnomalyDetector, model_version: str) -> None:
@@ -50,7 +50,7 @@ class WindowScorer:
             raise ValueError(f"model {model_version} has no calibrated threshold; it cannot serve")
         self.detector = detector
         self.model_version = model_version
-        self._recent.clear()  # alarm history belongs to the old model's threshold
+        self._alarm.reset()  # alarm history belongs to the old model's threshold
 
     @property
     def window(self) -> int:
@@ -78,14 +78,7 @@ class WindowScorer:
         scores = reconstruction_errors(detector.model, scaled, self.batch_size)
         thresholds = detector.window_thresholds(scaled)
         exceeded = scores.error > thresholds
-        anomaly = np.empty(len(windows), dtype=bool)
-        k, n = detector.alarm.k, detector.alarm.n
-        for i, window in enumerate(windows):
-            recent = self._recent.get(window.sensor_id)
-            if recent is None:
-                recent = self._recent[window.sensor_id] = deque(maxlen=n)
-            recent.append(bool(exceeded[i]))
-            anomaly[i] = sum(recent) >= k
+        anomaly = self._alarm.update([w.sensor_id for w in windows], exceeded, detector.alarm)
         return ScoredBatch(
             windows,
             scores.error,

@@ -13,6 +13,7 @@ from models.threshold import (
     MeanStdRule,
     PeaksOverThresholdRule,
     QuantileRule,
+    StreamingAlarm,
     Threshold,
     make_rule,
 )
@@ -88,3 +89,23 @@ def test_alarm_filter_is_causal_and_k_of_n(hits: list[bool], n: int, k_offset: i
 def test_one_of_one_filter_is_identity() -> None:
     exceeded = np.array([True, False, True])
     assert (AlarmFilter().apply(exceeded) == exceeded).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stream=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans()), max_size=60),
+    n=st.integers(1, 5),
+    k_offset=st.integers(0, 4),
+    cut=st.integers(0, 60),
+)
+def test_streaming_alarm_per_sensor_equals_the_batch_filter_on_that_sensors_windows(stream, n, k_offset, cut) -> None:
+    alarm = AlarmFilter(max(1, n - k_offset), n)
+    keys = [key for key, _ in stream]
+    exceeded = np.array([hit for _, hit in stream], dtype=bool)
+    streaming = StreamingAlarm()
+    # in two micro-batches, as the scorer sees them
+    got = np.concatenate([streaming.update(keys[:cut], exceeded[:cut], alarm),
+                          streaming.update(keys[cut:], exceeded[cut:], alarm)])  # fmt: skip
+    for key in set(keys):
+        mine = np.array([k == key for k in keys])
+        np.testing.assert_array_equal(got[mine], alarm.apply(exceeded[mine]))
