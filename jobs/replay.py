@@ -14,11 +14,11 @@ Reservoir sampling (Algorithm R): after ``seen`` windows, each one is in the buf
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from models.atomic import atomic_file
 
 
 class ReplayBuffer:
@@ -57,17 +57,8 @@ class ReplayBuffer:
         return self.windows[np.sort(index)]
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, windows=self.windows, seen=np.int64(self.seen), capacity=np.int64(self.capacity))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_file(Path(path)) as handle:
+            np.savez(handle, windows=self.windows, seen=np.int64(self.seen), capacity=np.int64(self.capacity))
 
     @classmethod
     def load(cls, path: Path, window: int, n_channels: int, capacity: int, seed: int = 0) -> ReplayBuffer:

@@ -39,6 +39,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models.atomic import fsync_dir
 from models.detector import AnomalyDetector
 from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
 from models.preprocessing import StandardScaler
@@ -93,14 +94,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(
     detector: AnomalyDetector,
     path: Path,
@@ -147,7 +140,7 @@ def save_checkpoint(
             if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise FileExistsError(f"checkpoint {path} already exists; checkpoints are immutable") from error
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from models.atomic import atomic_file
 from models.checkpoint import (
     CheckpointError,
     DataFingerprint,
@@ -219,13 +219,8 @@ class ModelRegistry:
         return previous
 
     def _write_pointer(self, pointer: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{POINTER_FILE}.{os.getpid()}.tmp"
-        with tmp.open("w") as handle:
+        with atomic_file(self.root / POINTER_FILE, "w") as handle:
             json.dump({**pointer, "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.root / POINTER_FILE)
 
     def _log(self, action: str, **fields: Any) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

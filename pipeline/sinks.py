@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from kafka.errors import KafkaError
 
+from models.atomic import atomic_file
 from pipeline.durability import DurabilityError
 
 ERROR_LOG_SCHEMA_VERSION = 1
@@ -52,21 +53,8 @@ def _safe(name: str) -> str:
 
 def write_parquet_atomically(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` via a temp file in the same folder, fsync, rename, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_file(path) as handle:
+        pq.write_table(table, handle, compression="zstd")
 
 
 def error_log_schema(channels: Sequence[str]) -> pa.Schema:

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import pytest
 
+from models.atomic import atomic_file
 from pipeline.sinks import DeadLetter, DeadLetterFile, DriftEventSink, ErrorLogSink, ScoredWindows
 
 CHANNELS = ("flow", "pressure")
@@ -103,3 +105,22 @@ def test_drift_events_and_dead_letters_are_durable(tmp_path: Path) -> None:
     line = (tmp_path / "dead.jsonl").read_text().strip()
     assert '"source_offset": 41' in line
     assert '"raw_b64": "/w=="' in line
+
+
+def test_atomic_file_replaces_all_or_nothing_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "CURRENT.json"
+    target.write_text("old")
+
+    def crash_while_writing() -> None:
+        with atomic_file(target, "w") as handle:
+            handle.write("half of the new")
+            raise RuntimeError("crash while writing")
+
+    with pytest.raises(RuntimeError):
+        crash_while_writing()
+    assert target.read_text() == "old"
+    with atomic_file(target, "w") as handle:
+        handle.write("new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["CURRENT.json"]
+    assert target.stat().st_mode & 0o044, "readable by others as a plain open() would make it (umask permitting)"
