@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from models.crossfit import crossfit_errors
+from models.defaults import DEFAULT_HIDDEN_SIZE, DEFAULT_LATENT_SIZE, DEFAULT_SCORE_STEPS, DEFAULT_WINDOW
 from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
 from models.preprocessing import StandardScaler, finite_windows, window_end_rows
 from models.regimes import Regimes, window_levels
@@ -206,12 +207,12 @@ class AnomalyDetector:
         cls,
         readings: np.ndarray | Sequence[np.ndarray],
         *,
-        window: int = 30,
-        hidden_size: int = 64,
+        window: int = DEFAULT_WINDOW,
+        hidden_size: int = DEFAULT_HIDDEN_SIZE,
         num_layers: int = 1,
-        latent_size: int = 16,
+        latent_size: int = DEFAULT_LATENT_SIZE,
         dropout: float = 0.0,
-        score_steps: int | None = 5,
+        score_steps: int | None = DEFAULT_SCORE_STEPS,
         training: TrainingConfig = TrainingConfig(),
         rule: ThresholdRule = QuantileRule(0.99),
         threshold_margin: float = 1.0,

@@ -18,16 +18,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.defaults import DEFAULT_HIDDEN_SIZE, DEFAULT_LATENT_SIZE, DEFAULT_WINDOW
+
 
 @dataclass(frozen=True)
 class LSTMAEConfig:
     """Shape of the network; stored in every checkpoint so that the loader can rebuild it."""
 
     n_channels: int
-    window: int = 30
-    hidden_size: int = 64
+    window: int = DEFAULT_WINDOW
+    hidden_size: int = DEFAULT_HIDDEN_SIZE
     num_layers: int = 1
-    latent_size: int = 16
+    latent_size: int = DEFAULT_LATENT_SIZE
     dropout: float = 0.0
     # readings at the end of each window whose reconstruction error scores it (None: the whole window,
     # as checkpoints written before this field was added)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.defaults import DEFAULT_HIDDEN_SIZE, DEFAULT_LATENT_SIZE, DEFAULT_WINDOW
 from models.detector import AnomalyDetector
 from models.evaluation import (
     PointMetrics,
@@ -72,9 +73,9 @@ PUBLISHED_NAB = [
 class SkabParams:
     """One set of hyperparameters for every file."""
 
-    window: int = 30
-    hidden_size: int = 32
-    latent_size: int = 8
+    window: int = DEFAULT_WINDOW
+    hidden_size: int = DEFAULT_HIDDEN_SIZE
+    latent_size: int = DEFAULT_LATENT_SIZE
     num_layers: int = 1
     threshold_rule: str = "quantile"
     threshold_params: dict[str, float] = field(default_factory=lambda: {"q": 0.99})

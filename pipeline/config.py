@@ -28,6 +28,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from models.defaults import DEFAULT_HIDDEN_SIZE, DEFAULT_LATENT_SIZE, DEFAULT_SCORE_STEPS, DEFAULT_WINDOW
 from models.training_config import TrainingConfig
 
 ENV_PREFIX = "DRIFTLINE_"
@@ -106,12 +107,14 @@ class ModelSettings(_Section):
     """Shape of the LSTM autoencoder, its threshold rule and where versions are kept."""
 
     registry_dir: Path | None = Field(None, description="Model registry; default <data_dir>/registry.")
-    window: int = Field(30, ge=2, description="Readings per window (at ~1 Hz, seconds).")
-    hidden_size: int = Field(32, ge=1)
-    latent_size: int = Field(8, ge=1)
+    window: int = Field(DEFAULT_WINDOW, ge=2, description="Readings per window (at ~1 Hz, seconds).")
+    hidden_size: int = Field(DEFAULT_HIDDEN_SIZE, ge=1)
+    latent_size: int = Field(DEFAULT_LATENT_SIZE, ge=1)
     num_layers: int = Field(1, ge=1)
     score_steps: int = Field(
-        5, ge=1, description="A window is scored by the reconstruction error of its last score_steps readings."
+        DEFAULT_SCORE_STEPS,
+        ge=1,
+        description="A window is scored by the reconstruction error of its last score_steps readings.",
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     threshold_rule: Literal["quantile", "mean_std", "pot", "target_far"] = "target_far"
