@@ -127,7 +127,9 @@ def run_calibration(
         judge = RecentLevelJudge.calibrate(detector.calibration_errors, TargetFarRule(target_far))
         recent_flags = [judge.run(detection.error, detector.calibration_errors) for detection in detections]
         ensemble = Ensemble.fit(detector, normal.fit, target_far)
-        ensemble_flags = np.concatenate([ensemble.window_flags(segment) for segment in normal.observe])
+        ensemble_flags = np.concatenate(
+            [ensemble.window_flags(s, d) for s, d in zip(normal.observe, detections, strict=True)]
+        )
         result = CalibrationResult(
             normal.name,
             normal.description,

@@ -14,7 +14,7 @@ calibration`` and ``benchmark skab --judge ensemble``; nothing here is tuned.
 >>> from models.training import TrainingConfig
 >>> settings = DetectorSettings(8, 8, 2, 0.01, TrainingConfig(epochs=2, progress=False))
 >>> ensemble = Ensemble.fit(settings.fit(normal), normal, 0.01)
->>> flags = ensemble.window_flags(normal)
+>>> flags = ensemble.window_flags(normal, ensemble.detector.predict(normal))
 >>> flags.shape, bool(flags.mean() < 0.2)
 ((593,), True)
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmarks.tep import PcaMonitor
-from models.detector import AnomalyDetector
+from models.detector import AnomalyDetector, Detection
 from models.threshold import TargetFarRule
 
 VARIANCE_SHARE = 0.9
@@ -65,9 +65,8 @@ class Ensemble:
         pca = PcaMonitor.fit(pooled, components_for_variance(pooled), confidence=1.0 - target_far / 2)
         return cls(detector, pca, threshold)
 
-    def window_flags(self, readings: np.ndarray) -> np.ndarray:
-        """Per window of ``readings`` (as :meth:`AnomalyDetector.predict` orders them): either alarms."""
-        detection = self.detector.predict(readings)
+    def window_flags(self, readings: np.ndarray, detection: Detection) -> np.ndarray:
+        """Per window of ``readings``, given the detector's ``detection`` of them: either alarms."""
         lstm = np.nan_to_num(detection.error, nan=-np.inf) > self.lstm_threshold
         q = self.pca.statistics(readings)[1][detection.window_end_row] > self.pca.q_limit
         return np.asarray(lstm | q)

@@ -246,7 +246,8 @@ def run_tep(root: Path, settings: DetectorSettings) -> TepReport:
     ensemble = Ensemble.fit(detector, data.train, target_far)
 
     def ensemble_flags(readings: np.ndarray) -> np.ndarray:
-        return detections[id(readings)].row_flags(len(readings), ensemble.window_flags(readings))
+        detection = detections[id(readings)]
+        return detection.row_flags(len(readings), ensemble.window_flags(readings, detection))
 
     ours = evaluate_flags("driftline LSTM-AE", driftline_flags, data)
     methods = [

@@ -143,12 +143,12 @@ def run_experiment(experiment: Experiment, params: SkabParams) -> ExperimentResu
         calibration_folds=params.calibration_folds,
     )
     detection = detector.predict(readings)
+    window_flags = None  # the detector's own alarms
     if params.judge == "recent_level":
         assert detector.calibration_errors is not None
         rule = make_rule(params.threshold_rule, **params.threshold_params)
         judge = RecentLevelJudge.calibrate(detector.calibration_errors, rule)
-        exceeded = judge.run(detection.error, detector.calibration_errors)
-        flags = pd.Series(detection.row_flags(len(readings), detector.alarm.apply(exceeded)), experiment.frame.index)
+        window_flags = detector.alarm.apply(judge.run(detection.error, detector.calibration_errors))
     elif params.judge == "ensemble":
         from benchmarks.ensemble import Ensemble  # harness code, like this module (issue 17 moves it there)
 
@@ -156,10 +156,8 @@ def run_experiment(experiment: Experiment, params: SkabParams) -> ExperimentResu
         if target_far is None:
             raise ValueError("--judge ensemble splits model.target_far: it needs threshold_rule 'target_far'")
         ensemble = Ensemble.fit(detector, readings[:TRAIN_ROWS], target_far)
-        window_flags = detector.alarm.apply(ensemble.window_flags(readings))
-        flags = pd.Series(detection.row_flags(len(readings), window_flags), index=experiment.frame.index)
-    else:
-        flags = pd.Series(detection.row_flags(len(readings)), index=experiment.frame.index)
+        window_flags = detector.alarm.apply(ensemble.window_flags(readings, detection))
+    flags = pd.Series(detection.row_flags(len(readings), window_flags), index=experiment.frame.index)
     return ExperimentResult(experiment.name, flags, time.perf_counter() - started)
 
 

@@ -233,8 +233,6 @@ class RecentLevelJudge:
 
     def run(self, errors: np.ndarray, initial: np.ndarray) -> np.ndarray:
         """Exceeded flags of ``errors`` in stream order, the level starting from ``initial`` errors."""
-        from collections import deque
-
         recent = deque(_clean(initial)[-self.span :].tolist(), maxlen=self.span)
         flags = np.zeros(len(errors), dtype=bool)
         for i, error in enumerate(np.asarray(errors, dtype=np.float64)):
