@@ -293,18 +293,31 @@ class StreamingAlarm:
     """
 
     def __init__(self) -> None:
-        self._recent: dict[str, deque[bool]] = {}
+        self._recent: dict[str, tuple[bool, ...]] = {}  # per key, its last outcomes (oldest first)
 
     def update(self, keys: Sequence[str], exceeded: np.ndarray, alarm: AlarmFilter) -> np.ndarray:
         """Alarms ``[len(keys)]`` for windows of ``keys`` in arrival order, whose exceedances are ``exceeded``."""
+        hits = np.asarray(exceeded, dtype=bool)
+        if alarm.n == 1:  # each window alone decides; keep the last outcome per key
+            self._recent.update(zip(keys, ((hit,) for hit in hits.tolist()), strict=True))
+            return hits.copy()
         out = np.empty(len(keys), dtype=bool)
-        for i, key in enumerate(keys):
-            recent = self._recent.get(key)
-            if recent is None or recent.maxlen != alarm.n:
-                recent = self._recent[key] = deque(recent or (), maxlen=alarm.n)
-            recent.append(bool(exceeded[i]))
-            out[i] = sum(recent) >= alarm.k
+        index: dict[str, int] = {}
+        codes = np.fromiter((index.setdefault(key, len(index)) for key in keys), dtype=np.int64, count=len(keys))
+        order = np.argsort(codes, kind="stable")
+        for run in np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(keys) else []:
+            key = keys[run[0]]
+            before = self._recent.get(key, ())[-(alarm.n - 1) :]
+            sequence = np.concatenate([np.array(before, dtype=bool), hits[run]])
+            counts = np.convolve(sequence.astype(np.int64), np.ones(alarm.n, dtype=np.int64))[: sequence.size]
+            out[run] = counts[len(before) :] >= alarm.k
+            self._recent[key] = tuple(sequence[-alarm.n :].tolist())
         return out
+
+    def forget(self, keys: Sequence[str]) -> None:
+        """Drop the history of ``keys`` (sensors gone idle)."""
+        for key in keys:
+            self._recent.pop(key, None)
 
     def reset(self) -> None:
         self._recent.clear()

@@ -33,8 +33,8 @@ from models.training_config import TrainingConfig
 
 ENV_PREFIX = "DRIFTLINE_"
 ENV_NESTING = "__"
-# Environment variables with the prefix that are about *where* the config lives, not config keys.
-ENV_RESERVED = frozenset({"DRIFTLINE_CONFIG"})
+# Environment variables with the prefix that are not config keys: where the config lives, which worker this is.
+ENV_RESERVED = frozenset({"DRIFTLINE_CONFIG", "DRIFTLINE_WORKER", "DRIFTLINE_WORKER_CORES"})
 MASK = "********"
 # keys whose values never appear in messages, even when they are invalid
 _SECRET_KEY = re.compile(r"password|secret|token", re.IGNORECASE)
@@ -204,6 +204,12 @@ class ScoringSettings(_Section):
     max_message_bytes: int = Field(1_000_000, gt=0, description="Bigger messages are dead-lettered.")
     allowed_sensors: list[str] | None = Field(None, description="Whitelist; others are dead-lettered.")
     pipelined: bool = Field(True, description="Score on a second thread while the next batch is decoded.")
+    model_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Micro-batches whose model runs at once, each with cores / model_threads PyTorch threads "
+        "(pipelined only). Default: one per core on CPU (at most 4), 1 on CUDA.",
+    )
     min_ts: AwareDatetime = Field(
         datetime(2000, 1, 1, tzinfo=UTC), description="Readings stamped earlier are dead-lettered (ts_out_of_range)."
     )

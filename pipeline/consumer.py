@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,12 +44,13 @@ from kafka.errors import KafkaError
 from models.detector import AnomalyDetector
 from pipeline.drift import DriftMonitor
 from pipeline.durability import RetryPolicy
-from pipeline.messages import decode_message
+from pipeline.messages import BatchDecoder
 from pipeline.metrics import ScoringMetrics
-from pipeline.scorer import ScoredBatch, WindowScorer
+from pipeline.scorer import Reconstruction, ScoredBatch, WindowScorer, share_cores
 from pipeline.sinks import DeadLetter, DeadLetterSink, DriftEventSink, ErrorLogSink, ScoredWindows
 from pipeline.sources import Assignment, Record, Source, TopicPartitionKey
-from pipeline.windows import Window, WindowAssembler
+from pipeline.stage_clock import StageClock
+from pipeline.windows import WindowAssembler, WindowBatch
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,19 @@ class EventPublisher(Protocol):
     def publish(self, event: dict[str, Any]) -> None: ...
 
     def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopHooks:
+    """Named points where a caller (the demo, a benchmark) observes or steers a run of the loop.
+
+    ``before_batch`` runs on the loop's thread before every poll (after the hot-swap check);
+    ``on_durable`` gets the error-log parts just made durable (fsynced) and the wall-clock time then,
+    on the thread that wrote them.
+    """
+
+    before_batch: Callable[[ScoringLoop], None] | None = None
+    on_durable: Callable[[list[Path], float], None] | None = None
 
 
 @dataclass
@@ -86,7 +101,8 @@ class LoopSettings:
     allowed_sensors: frozenset[str] | None = None
     lag_every_s: float = 5.0
     pipelined: bool = True  # decode/window on the consumer thread, score/write on a scorer thread
-    max_inflight_batches: int = 2  # batches queued for the scorer before the consumer waits
+    max_inflight_batches: int = 2  # batches queued for the scorer before the consumer waits (at least model_threads)
+    model_threads: int = 1  # batches whose model runs at once (pipelined only): each on its own core
     min_ts: float = 946_684_800.0  # 2000-01-01: older readings are dead-lettered (ts_out_of_range)
     max_future_skew_s: float = 3600.0  # readings further ahead of the wall clock are dead-lettered
     write_retry: RetryPolicy = RetryPolicy()  # disk full, I/O or broker errors on durable writes
@@ -121,6 +137,10 @@ class ScoringLoop:
         self.before_batch = before_batch
         self.watcher = watcher  # started and stopped by run(), if given (see pipeline.model_watch)
         self.stats = LoopStats()
+        self.stage_clock = StageClock(on_measure=lambda stage, s: self.metrics.stage_cpu.labels(stage=stage).inc(s))
+        self._decoder: BatchDecoder | None = None
+        self._hooks = LoopHooks()  # those of the current run
+        self._late_seen = self._restarts_seen = 0  # assembler counts already passed to the metrics
         self.source: Source | None = None
         self._emit_from: dict[TopicPartitionKey, int] = {}
         self._processed: dict[TopicPartitionKey, int] = {}  # next offset to commit: never moves backwards
@@ -133,6 +153,8 @@ class ScoringLoop:
         self._last_activity = time.monotonic()
         # the scorer stage (None: score on the calling thread) and what was handed to it
         self._worker: ThreadPoolExecutor | None = None
+        self._model_pool: ThreadPoolExecutor | None = None  # runs the model on batches, several at once
+        self._serving = (scorer.detector, scorer.model_version)  # what the next submitted batch is scored on
         self._inflight: deque[Future[Any]] = deque()
         self._checkpoints: deque[Future[CommitOffsets]] = deque()
         self._uncheckpointed = 0  # messages processed since the last checkpoint was requested
@@ -223,8 +245,10 @@ class ScoringLoop:
     def swap_model(self, detector: AnomalyDetector, version: str) -> None:
         """Replace the serving model between micro-batches; drift detectors start afresh.
 
-        With the scorer thread running, the swap is queued behind the batches already handed to it.
+        With the scorer thread running, the swap is queued behind the batches already handed to it, and
+        every batch handed over after this call is scored on the new model.
         """
+        self._serving = (detector, version)
         self._submit(self._swap_now, detector, version)
 
     def _swap_now(self, detector: AnomalyDetector, version: str) -> None:
@@ -289,6 +313,7 @@ class ScoringLoop:
         max_messages: int | None = None,
         timeout_s: float | None = None,
         idle_timeout_s: float | None = None,
+        hooks: LoopHooks = LoopHooks(),
     ) -> LoopStats:
         """Consume until asked to stop or a bound is reached; always ends with a flush and commit.
 
@@ -296,9 +321,16 @@ class ScoringLoop:
         waiting to join its group (e.g. while a killed member's session expires) is not idle.
         """
         self.source = source
+        self._hooks = hooks
         started = last_lag = self._last_activity = time.monotonic()
         if self.settings.pipelined:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-scorer")
+            self._model_pool = ThreadPoolExecutor(
+                max_workers=self.settings.model_threads,
+                thread_name_prefix="driftline-model",
+                initializer=share_cores,
+                initargs=(self.settings.model_threads,),
+            )
         if self.watcher is not None:
             self.watcher.start()
         self._running = True
@@ -309,7 +341,10 @@ class ScoringLoop:
                     raise RuntimeError("the scorer failed (see the error above); stopping without committing")
                 if self.before_batch is not None:
                     self.before_batch(self)
-                records = source.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
+                if hooks.before_batch is not None:
+                    hooks.before_batch(self)
+                with self.stage_clock.measure("poll"):
+                    records = source.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
                 now = time.monotonic()
                 if records:
                     self.process(records)
@@ -342,6 +377,9 @@ class ScoringLoop:
                 if self._worker is not None:
                     self._worker.shutdown(wait=True)
                     self._worker = None
+                if self._model_pool is not None:
+                    self._model_pool.shutdown(wait=True)
+                    self._model_pool = None
                 source.close()
         self.stats.gap_restarts = self.assembler.stats.gap_restarts
         self.stats.readings_without_window = self.assembler.readings_without_window()
@@ -355,58 +393,87 @@ class ScoringLoop:
         started = time.perf_counter()
         windows = self._assemble(records)
         self._rows_since_checkpoint += len(windows)
-        self._submit(self._score_and_buffer, windows, started)
+        detector, version = self._serving
+        if self._model_pool is None:
+            self._score_and_buffer(self._reconstruct(windows, detector, version), started)
+            return
+        reconstruction = self._model_pool.submit(self._reconstruct, windows, detector, version)
+        self._submit(self._score_and_buffer, reconstruction, started)
 
-    def _assemble(self, records: list[Record]) -> list[Window]:
+    def _reconstruct(self, windows: WindowBatch, detector: AnomalyDetector, version: str) -> Reconstruction:
+        """Model stage (a model thread when pipelined): batches run here side by side."""
+        with self.stage_clock.measure("model"):
+            return self.scorer.reconstruct(windows, detector, version)
+
+    def _batch_decoder(self) -> BatchDecoder:
+        """The decoder for the serving model's channels (a swap to other channels gets a new one)."""
         channels = self.scorer.channels
-        windows: list[Window] = []
-        live_messages = live_readings = 0
-        late_before = self.assembler.stats.late + self.assembler.stats.duplicates
-        restarts_before = self.assembler.stats.gap_restarts
-        ts_range = self._ts_range()
-        for record in records:
-            tp = (record.topic, record.partition)
-            emit_from = self._emit_from.setdefault(tp, 0)
-            live = record.offset >= emit_from
-            decoded = decode_message(
-                record.value,
-                record.key,
-                channels,
-                max_bytes=self.settings.max_message_bytes,
-                allowed_sensors=self.settings.allowed_sensors,
-                ts_range=ts_range,
+        if self._decoder is None or self._decoder.channels != channels:
+            self._decoder = BatchDecoder(
+                channels, max_bytes=self.settings.max_message_bytes, allowed_sensors=self.settings.allowed_sensors
             )
-            if live:
-                live_messages += 1
-                for rejection in decoded.rejections:
-                    self._dead_letter(record, rejection.code, rejection.reason)
-            for reading in decoded.readings:
-                if reading.ts > self._latest_ts:
-                    self._latest_ts = reading.ts
-                self._event_clock.observe(reading.ts)
-                position = (record.topic, record.partition, record.offset)
-                for window in self.assembler.add(reading.sensor_id, reading.ts, reading.values, position):
-                    if window.end_position[2] >= emit_from:
-                        windows.append(window)
-            if live:
-                live_readings += len(decoded.readings)
-            self._read_to[tp] = record.offset + 1
-            if record.offset + 1 > self._processed.get(tp, 0):
-                self._processed[tp] = record.offset + 1
+        return self._decoder
+
+    def _assemble(self, records: list[Record]) -> WindowBatch:
+        """Decode the batch column-wise, dead-letter what is refused, and window what is accepted."""
+        clock = self.stage_clock
+        with clock.measure("decode"):
+            decoded = self._batch_decoder().decode([(record.value, record.key) for record in records], self._ts_range())
+            emit_from = self._emit_from
+            topics = [record.topic for record in records]
+            partitions = np.fromiter((record.partition for record in records), dtype=np.int64, count=len(records))
+            offsets = np.fromiter((record.offset for record in records), dtype=np.int64, count=len(records))
+            floors = np.fromiter(
+                (emit_from.setdefault((record.topic, record.partition), 0) for record in records),
+                dtype=np.int64,
+                count=len(records),
+            )
+            live = offsets >= floors
+            for index, rejection in decoded.rejections:
+                if live[index]:
+                    self._dead_letter(records[index], rejection.code, rejection.reason)
+            if len(decoded):
+                self._latest_ts = max(self._latest_ts, float(decoded.ts.max()))
+                self._event_clock.observe_many(decoded.ts)
+            for record in records:  # per partition, the last record of the batch
+                self._read_to[(record.topic, record.partition)] = record.offset + 1
+            for tp, next_offset in self._read_to.items():
+                if next_offset > self._processed.get(tp, 0):
+                    self._processed[tp] = next_offset
+            live_messages = int(live.sum())
+            live_readings = int(live[decoded.message].sum())
+        with clock.measure("windows"):
+            source = decoded.message
+            windows = self.assembler.add_batch(
+                decoded.sensor_id,
+                decoded.ts,
+                decoded.values,
+                [topics[i] for i in source],
+                partitions[source],
+                offsets[source],
+            )
+            if not live.all() and len(windows):  # replaying up to the committed offsets: emit only past them
+                floor = [
+                    emit_from.get((topic, int(p)), 0) for topic, p in zip(windows.topic, windows.partition, strict=True)
+                ]
+                windows = windows.select(windows.end_offset >= np.array(floor, dtype=np.int64))
+        late_before = self._late_seen
         self._uncheckpointed += len(records)
         self.stats.messages += live_messages
         self.stats.readings += live_readings
         self.metrics.messages_in.inc(live_messages)
         self.metrics.readings_in.inc(live_readings)
-        late = self.assembler.stats.late + self.assembler.stats.duplicates - late_before
-        if late:
-            self.metrics.late_readings.inc(late)
-        restarts = self.assembler.stats.gap_restarts - restarts_before
-        if restarts:
-            self.metrics.gap_restarts.inc(restarts)
+        stats = self.assembler.stats
+        self._late_seen = stats.late + stats.duplicates
+        if self._late_seen > late_before:
+            self.metrics.late_readings.inc(self._late_seen - late_before)
+        if stats.gap_restarts > self._restarts_seen:
+            self.metrics.gap_restarts.inc(stats.gap_restarts - self._restarts_seen)
+            self._restarts_seen = stats.gap_restarts
         self._check_period()
         evicted = self.assembler.evict_idle(self._event_clock.now())
         if evicted:
+            self._submit(self._forget, evicted)  # in order, after the batches that still score them
             self.metrics.evicted_sensors.inc(len(evicted))
             log.info(
                 "forgot %d sensor(s) idle for over %.0f s of event time, e.g. %s",
@@ -416,11 +483,24 @@ class ScoringLoop:
             )
         return windows
 
-    def _score_and_buffer(self, windows: list[Window], started: float) -> ScoredBatch:
-        """Scorer stage: score, update drift, buffer the rows (not yet durable)."""
-        scored = self.scorer.score(windows)
-        drift_flags = self._update_drift(scored)
-        self.error_log.append(_to_columns(scored, drift_flags))
+    def _forget(self, sensor_ids: list[str]) -> None:
+        """Scorer stage: sensors evicted from the windows leave the alarm and drift state too."""
+        self.scorer.forget(sensor_ids)
+        if self.drift is not None:
+            self.drift.forget(sensor_ids)
+
+    def _score_and_buffer(self, reconstruction: Reconstruction | Future[Reconstruction], started: float) -> ScoredBatch:
+        """Scorer stage, in submission order: judge, update drift, buffer the rows (not yet durable)."""
+        if isinstance(reconstruction, Future):
+            reconstruction = reconstruction.result()
+        windows = reconstruction.windows
+        clock = self.stage_clock
+        with clock.measure("judge"):
+            scored = self.scorer.judge(reconstruction)
+        with clock.measure("drift"):
+            drift_flags = self._update_drift(scored)
+        with clock.measure("sink"):
+            self.error_log.append(_to_columns(scored, drift_flags))
         n_anomalies = int(scored.anomaly.sum())
         self.stats.windows += len(windows)
         self.stats.anomalies += n_anomalies
@@ -429,7 +509,7 @@ class ScoringLoop:
         self.metrics.anomalies.inc(n_anomalies)
         done = time.perf_counter()
         self.metrics.batch_latency.observe(done - started)
-        if windows:
+        if len(windows):
             if self._last_scored is not None and self._last_scored[1] != scored.model_version:
                 pause_ms = (done - self._last_scored[0]) * 1000
                 self.stats.swap_pause_ms = max(self.stats.swap_pause_ms or 0.0, pause_ms)
@@ -481,18 +561,18 @@ class ScoringLoop:
 
     def _update_drift(self, scored: ScoredBatch) -> np.ndarray:
         flags = np.zeros(len(scored.windows), dtype=bool)
-        if self.drift is None:
+        if self.drift is None or not len(scored.windows):
             return flags
-        for i, window in enumerate(scored.windows):
-            for event in self.drift.update(window.sensor_id, window.end_ts, float(scored.error[i])):
-                flags[i] = flags[i] or event.scope == "sensor"
-                self.stats.drift_events += 1
-                self.metrics.drift_events.labels(scope=event.scope).inc()
-                log.info("drift detected: %s", event)
-                if self.drift_events is not None:
-                    self.drift_events.append([event.to_dict()])
-                if self.events is not None:
-                    self.events.publish({"type": "drift", **event.to_dict()})
+        windows = scored.windows
+        for i, event in self.drift.update_many(windows.sensor_id, windows.end_ts, scored.error):
+            flags[i] = flags[i] or event.scope == "sensor"
+            self.stats.drift_events += 1
+            self.metrics.drift_events.labels(scope=event.scope).inc()
+            log.info("drift detected: %s", event)
+            if self.drift_events is not None:
+                self.drift_events.append([event.to_dict()])
+            if self.events is not None:
+                self.events.publish({"type": "drift", **event.to_dict()})
         return flags
 
     def _checkpoint_due(self, *, idle: bool, now: float) -> bool:
@@ -523,21 +603,24 @@ class ScoringLoop:
             offsets[tp] = (offset, {"v": 1, "rewind_offset": point})
         return offsets
 
-    def _durably(self, write: Callable[[], Any], sink: str) -> None:
+    def _durably(self, write: Callable[[], Any], sink: str) -> Any:
         """Run ``write`` under the retry policy: a failing disk or broker is waited out, never skipped."""
 
         def count(error: BaseException) -> None:
             self.metrics.write_failures.labels(sink=sink).inc()
 
-        self.settings.write_retry.run(write, sink, on_failure=count)
+        return self.settings.write_retry.run(write, sink, on_failure=count)
 
     def _make_durable(self, offsets: CommitOffsets) -> CommitOffsets:
         """Scorer stage: write every buffered row, drift event and event durably (retrying through faults)."""
-        self._durably(self.error_log.flush, "error_log")
-        if self.drift_events is not None:
-            self._durably(self.drift_events.flush, "drift_events")
-        if self.events is not None:
-            self._durably(self.events.flush, "events")
+        with self.stage_clock.measure("durable"):
+            parts: list[Path] = self._durably(self.error_log.flush, "error_log")
+            if parts and self._hooks.on_durable is not None:
+                self._hooks.on_durable(parts, time.time())
+            if self.drift_events is not None:
+                self._durably(self.drift_events.flush, "drift_events")
+            if self.events is not None:
+                self._durably(self.events.flush, "events")
         return offsets
 
     def _request_checkpoint(self) -> None:
@@ -573,7 +656,8 @@ class ScoringLoop:
         if self.source is None or not offsets:
             return
         try:
-            self.source.commit(offsets)
+            with self.stage_clock.measure("commit"):
+                self.source.commit(offsets)
         except KafkaError as error:  # data is durable; a later commit (or a replay) covers it
             log.warning("offset commit failed (%s); will retry at the next checkpoint", error)
             self._uncheckpointed += 1
@@ -612,6 +696,10 @@ class EventClock:
     def observe(self, ts: float) -> None:
         self._recent.append(ts)
 
+    def observe_many(self, ts: np.ndarray) -> None:
+        """:meth:`observe` each of ``ts`` in order (only the last ``span`` matter)."""
+        self._recent.extend(ts[-(self._recent.maxlen or len(ts)) :].tolist())
+
     def now(self) -> float:
         """The median of the recent stamps (0.0 before any)."""
         return float(np.median(self._recent)) if self._recent else 0.0
@@ -620,9 +708,9 @@ class EventClock:
 def _to_columns(scored: ScoredBatch, drift_flags: np.ndarray) -> ScoredWindows:
     windows = scored.windows
     return ScoredWindows(
-        sensor_id=[w.sensor_id for w in windows],
-        window_start=np.array([w.start_ts for w in windows], dtype=np.float64),
-        window_end=np.array([w.end_ts for w in windows], dtype=np.float64),
+        sensor_id=windows.sensor_id,
+        window_start=windows.start_ts,
+        window_end=windows.end_ts,
         error=scored.error,
         channel_error=scored.channel_error,
         threshold=scored.threshold,
@@ -630,8 +718,8 @@ def _to_columns(scored: ScoredBatch, drift_flags: np.ndarray) -> ScoredWindows:
         anomaly=scored.anomaly,
         drift=drift_flags,
         model_version=scored.model_version,
-        source_topic=[w.end_position[0] for w in windows],
-        source_partition=np.array([w.end_position[1] for w in windows], dtype=np.int32),
-        source_offset_start=np.array([w.first_position[2] for w in windows], dtype=np.int64),
-        source_offset_end=np.array([w.end_position[2] for w in windows], dtype=np.int64),
+        source_topic=windows.topic,
+        source_partition=windows.partition,
+        source_offset_start=windows.first_offset,
+        source_offset_end=windows.end_offset,
     )

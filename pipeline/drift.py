@@ -25,9 +25,11 @@ the median.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 from river import drift
 from river.base import DriftDetector
 
@@ -103,11 +105,19 @@ class DriftMonitor:
         self._latest.clear()
         self._since_fleet = 0
 
+    def forget(self, sensor_ids: Sequence[str]) -> None:
+        """Drop the detectors of sensors gone idle (the window assembler evicted them)."""
+        for sensor_id in sensor_ids:
+            self._detectors.pop(sensor_id, None)
+            self._counts.pop(sensor_id, None)
+            self._means.pop(sensor_id, None)
+            self._latest.pop(sensor_id, None)
+
     def _observe(self, key: str, error: float) -> bool:
         detector = self._detectors.get(key)
         if detector is None:
             detector = self._detectors[key] = self._prototype.clone()
-        before = _kept_mean(detector)
+        before = _kept_mean(detector) if self.rising_only else None
         detector.update(error)
         count = self._counts[key] = self._counts.get(key, 0) + 1
         mean = self._means.get(key, error)
@@ -134,6 +144,24 @@ class DriftMonitor:
             if self._observe(FLEET, statistics.median(fresh)):
                 events.append(self._event("fleet", None, ts))
         return events
+
+    def update_many(
+        self, sensor_ids: Sequence[str], ts: np.ndarray, errors: np.ndarray
+    ) -> list[tuple[int, DriftEvent]]:
+        """:meth:`update` for windows in arrival order; returns ``(window index, event)`` pairs.
+
+        >>> monitor = DriftMonitor("page_hinkley", fleet=False)
+        >>> found = monitor.update_many(["s1"] * 600, np.arange(600.0), np.r_[np.full(300, 0.1), np.full(300, 5.0)])
+        >>> [(i, e.scope) for i, e in found][:1]
+        [(310, 'sensor')]
+        """
+        found: list[tuple[int, DriftEvent]] = []
+        update = self.update
+        for i, (sensor_id, stamp, error) in enumerate(zip(sensor_ids, ts.tolist(), errors.tolist(), strict=True)):
+            events = update(sensor_id, stamp, error)
+            if events:
+                found += [(i, event) for event in events]
+        return found
 
     def _event(self, scope: Literal["sensor", "fleet"], sensor_id: str | None, ts: float) -> DriftEvent:
         key = sensor_id if sensor_id is not None else FLEET

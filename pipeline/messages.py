@@ -330,3 +330,153 @@ def _decode(
         else:
             rejections.append(outcome)
     return Decoded(readings, rejections)
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """What a polled batch of messages gave, column-wise: one row per accepted reading.
+
+    ``message[i]`` is the index (in the batch) of the message reading ``i`` came from; ``rejections``
+    pairs each :class:`Rejection` with the index of its message.
+    """
+
+    message: np.ndarray  # [n] int64
+    sensor_id: list[str]
+    ts: np.ndarray  # [n] float64 epoch seconds
+    values: np.ndarray  # [n, channels] float64, finite
+    rejections: list[tuple[int, Rejection]]
+
+    def __len__(self) -> int:
+        return len(self.sensor_id)
+
+
+_NUMBER_TYPES = frozenset({int, float})
+
+
+class BatchDecoder:
+    """:func:`decode_message` for a whole polled batch, giving columns instead of objects.
+
+    Messages that are plainly valid (the common case: known sensor, numeric ``ts``, every channel a
+    number) are read on a fast path; anything else goes through :func:`decode_message` itself, so
+    the readings accepted and the rejections (codes and reasons) are exactly those of
+    :func:`decode_message` message by message. Sensor ids that passed its checks are remembered (up to
+    ``max_known_sensors``), so the fast path does not check them again.
+
+    >>> decoder = BatchDecoder(("a", "b"))
+    >>> batch = decoder.decode([(b'{"sensor_id":"p1","ts":0,"values":{"a":1,"b":2.5}}', None), (b"{", None)])
+    >>> batch.sensor_id, batch.values.tolist(), [(i, r.code) for i, r in batch.rejections]
+    (['p1'], [[1.0, 2.5]], [(1, 'invalid_json')])
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[str],
+        *,
+        max_bytes: int = 1_000_000,
+        allowed_sensors: Collection[str] | None = None,
+        max_known_sensors: int = 1_000_000,
+    ) -> None:
+        self.channels = tuple(channels)
+        self.max_bytes = max_bytes
+        self.allowed_sensors = allowed_sensors
+        self.max_known_sensors = max_known_sensors
+        self._known: set[str] = set()
+
+    def decode(
+        self, messages: Sequence[tuple[bytes | None, bytes | None]], ts_range: tuple[float, float] = REPRESENTABLE_TS
+    ) -> DecodedBatch:
+        """Decode ``(value, key)`` pairs; never raises, whatever the bytes."""
+        low, high = _clip_range(ts_range)
+        channels, known, loads = self.channels, self._known, orjson.loads
+        message_index: list[int] = []
+        sensors: list[str] = []
+        stamps: list[float] = []
+        rows: list[list[object]] = []
+        slow: list[int] = []
+        for index, (raw, key) in enumerate(messages):
+            try:
+                if raw is None or len(raw) > self.max_bytes:
+                    raise ValueError
+                payload = loads(raw)
+                if type(payload) is not dict or "readings" in payload or payload.get("schema", SCHEMA_VERSION) != 1:
+                    raise ValueError
+                sensor = payload["sensor_id"] if "sensor_id" in payload else key.decode() if key else None
+                ts = payload["ts"]
+                if type(ts) is int or type(ts) is float:
+                    if not low <= ts <= high:
+                        raise ValueError
+                else:
+                    raise ValueError
+                values = payload["values"]
+                row = [values[channel] for channel in channels]
+                if sensor not in known or not _NUMBER_TYPES.issuperset(map(type, row)):
+                    raise ValueError
+            except Exception:  # anything unusual: decode_message decides, and says why
+                slow.append(index)
+                continue
+            message_index.append(index)
+            sensors.append(sensor)
+            stamps.append(float(ts))
+            rows.append(row)
+        try:
+            values_array = np.array(rows, dtype=np.float64).reshape(len(rows), len(channels))
+        except OverflowError:  # an integer beyond the float range: let the slow path name it
+            values_array = np.empty((0, len(channels)))
+            slow, message_index, sensors, stamps = sorted(slow + message_index), [], [], []
+        finite = np.isfinite(values_array).all(axis=1)
+        if not finite.all():
+            slow = sorted(slow + [message_index[i] for i in np.flatnonzero(~finite)])
+            keep = np.flatnonzero(finite)
+            message_index = [message_index[i] for i in keep]
+            sensors = [sensors[i] for i in keep]
+            stamps = [stamps[i] for i in keep]
+            values_array = values_array[keep]
+        if not slow:
+            return DecodedBatch(np.array(message_index, dtype=np.int64), sensors, np.array(stamps), values_array, [])
+        return self._merge(messages, slow, message_index, sensors, stamps, values_array, (low, high))
+
+    def _merge(
+        self,
+        messages: Sequence[tuple[bytes | None, bytes | None]],
+        slow: list[int],
+        message_index: list[int],
+        sensors: list[str],
+        stamps: list[float],
+        values: np.ndarray,
+        ts_range: tuple[float, float],
+    ) -> DecodedBatch:
+        """Decode the ``slow`` messages one by one and merge them in message order with the fast ones."""
+        rejections: list[tuple[int, Rejection]] = []
+        extra_index: list[int] = []
+        extra_sensors: list[str] = []
+        extra_stamps: list[float] = []
+        extra_values: list[np.ndarray] = []
+        for index in slow:
+            raw, key = messages[index]
+            decoded = decode_message(
+                raw,
+                key,
+                self.channels,
+                max_bytes=self.max_bytes,
+                allowed_sensors=self.allowed_sensors,
+                ts_range=ts_range,
+            )
+            rejections += [(index, rejection) for rejection in decoded.rejections]
+            for reading in decoded.readings:
+                extra_index.append(index)
+                extra_sensors.append(reading.sensor_id)
+                extra_stamps.append(reading.ts)
+                extra_values.append(reading.values)
+                if len(self._known) < self.max_known_sensors:
+                    self._known.add(reading.sensor_id)
+        all_index = np.array(message_index + extra_index, dtype=np.int64)
+        order = np.argsort(all_index, kind="stable")
+        all_sensors = sensors + extra_sensors
+        extra = np.array(extra_values, dtype=np.float64).reshape(len(extra_values), len(self.channels))
+        return DecodedBatch(
+            all_index[order],
+            [all_sensors[i] for i in order],
+            np.array(stamps + extra_stamps, dtype=np.float64)[order],
+            np.concatenate([values, extra])[order],
+            rejections,
+        )

@@ -44,6 +44,12 @@ class ScoringMetrics:
             registry=r,
         )
         self.commits = Counter("driftline_commits", "Offset commits after durable writes", registry=r)
+        self.stage_cpu = Counter(
+            "driftline_stage_cpu_seconds",
+            "Thread CPU seconds spent in each stage of the scoring loop (see pipeline.stage_clock.STAGES)",
+            ["stage"],
+            registry=r,
+        )
         self.batch_latency = Histogram(
             "driftline_batch_latency_seconds",
             "Time to decode, window, score and buffer one polled batch",

@@ -42,6 +42,14 @@ from pipeline.windows import WindowAssembler
 log = logging.getLogger(__name__)
 
 
+def default_model_threads(device: str) -> int:
+    """Model threads when ``scoring.model_threads`` is unset: one per core on CPU (at most 4), 1 on a GPU."""
+    if device != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
 def build_loop(
     config: DriftlineConfig,
     dead_letters: DeadLetterSink,
@@ -73,6 +81,7 @@ def build_loop(
     assembler = WindowAssembler(scorer.window, w.stride, period, max_fill, w.idle_ttl_s)
     sinks = config.sinks
     error_log = ErrorLogSink(config.error_log_dir, scorer.channels, sinks.roll_rows, sinks.roll_seconds)
+    model_threads = config.scoring.model_threads or default_model_threads(str(resolve_device(config.model.device)))
     allowed = frozenset(config.scoring.allowed_sensors) if config.scoring.allowed_sensors is not None else None
     settings = LoopSettings(
         poll_timeout_s=config.scoring.poll_timeout_s,
@@ -80,6 +89,8 @@ def build_loop(
         max_message_bytes=config.scoring.max_message_bytes,
         allowed_sensors=allowed,
         pipelined=config.scoring.pipelined,
+        model_threads=model_threads,
+        max_inflight_batches=model_threads + 1,
         min_ts=config.scoring.min_ts.timestamp(),
         max_future_skew_s=config.scoring.max_future_skew_s,
         write_retry=RetryPolicy(give_up_after_s=config.sinks.max_write_outage_s),

@@ -27,7 +27,6 @@ import os
 import re
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -141,12 +140,14 @@ class ErrorLogSink:
             "exceeded": pa.array(np.concatenate([b.exceeded for b in batches]).astype(bool)),
             "anomaly": pa.array(np.concatenate([b.anomaly for b in batches]).astype(bool)),
             "drift": pa.array(np.concatenate([b.drift for b in batches]).astype(bool)),
-            "model_version": pa.array([b.model_version for b in batches for _ in range(len(b))], pa.string()),
+            "model_version": pa.concat_arrays(
+                [pa.repeat(pa.scalar(b.model_version, pa.string()), len(b)) for b in batches]
+            ),
             "source_topic": pa.array([t for b in batches for t in b.source_topic], pa.string()),
             "source_partition": pa.array(np.concatenate([b.source_partition for b in batches]).astype(np.int32)),
             "source_offset_start": pa.array(np.concatenate([b.source_offset_start for b in batches]).astype(np.int64)),
             "source_offset_end": pa.array(np.concatenate([b.source_offset_end for b in batches]).astype(np.int64)),
-            "ingest_time": pa.array([ingest] * n, pa.timestamp("ms", tz="UTC")),
+            "ingest_time": pa.repeat(ingest, n),
         }
         return pa.table(columns, schema=self.schema)
 
@@ -156,13 +157,18 @@ class ErrorLogSink:
             return []
         table = self._table(self._pending)
         written = []
-        dates = np.asarray(table["window_end"].to_numpy(zero_copy_only=False).astype("datetime64[D]")).astype(str)
-        topics = np.asarray(table["source_topic"].to_pylist(), dtype=object)
+        days = table["window_end"].cast(pa.int64()).to_numpy() // 86_400_000
+        topics, topic_index = np.unique(
+            np.asarray(table["source_topic"].to_pylist(), dtype=object), return_inverse=True
+        )
         partitions = table["source_partition"].to_numpy()
-        groups: dict[tuple[str, str, int], list[int]] = defaultdict(list)
-        for i, key in enumerate(zip(dates, topics, partitions, strict=True)):
-            groups[(str(key[0]), str(key[1]), int(key[2]))].append(i)
-        for (date, topic, partition), rows in sorted(groups.items()):
+        order = np.lexsort((partitions, topic_index, days))  # rows grouped by (date, topic, partition)
+        keys = np.column_stack([days, topic_index, partitions])[order]
+        bounds = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
+        for rows in np.split(order, bounds):
+            first = rows[0]
+            date = str(np.datetime64(int(days[first]), "D"))
+            topic, partition = str(topics[topic_index[first]]), int(partitions[first])
             part = table.take(pa.array(rows, pa.int64()))
             offsets = part["source_offset_end"].to_numpy()
             name = f"part-{_safe(topic)}-{partition}-{int(offsets.min()):020d}-{int(offsets.max()):020d}.parquet"

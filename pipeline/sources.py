@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 TopicPartitionKey = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One message as the loop sees it. kafka-python's ``ConsumerRecord`` has the same fields by name and
+    is handed over as it is (no copy per message)."""
+
     topic: str
     partition: int
     offset: int
@@ -122,7 +124,7 @@ class KafkaSource:
 
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
         batch = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        return [Record(r.topic, r.partition, r.offset, r.key, r.value) for records in batch.values() for r in records]
+        return [record for records in batch.values() for record in records]  # ConsumerRecord: a Record by its fields
 
     def commit(self, offsets: dict[TopicPartitionKey, tuple[int, dict[str, Any]]]) -> None:
         if offsets:

@@ -45,3 +45,13 @@ def test_a_falling_error_is_not_drift_unless_asked() -> None:
         assert not fleet_events_after_the_fall(DriftMonitor(detector)), detector
         assert fleet_events_after_the_fall(DriftMonitor(detector, rising_only=False)), f"{detector}, both ways"
     assert not stream(DriftMonitor("adwin"), errors), "ADWIN sees no other change in this stream"
+
+
+def test_forgotten_sensors_leave_the_monitor() -> None:
+    monitor = DriftMonitor("adwin")
+    for i in range(50):
+        monitor.update("a", float(i), 0.1)
+        monitor.update("b", float(i), 0.1)
+    monitor.forget(["a"])
+    assert set(monitor._detectors) == {"b", "__fleet__"}
+    assert set(monitor._latest) == {"b"}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.messages import REJECTION_CODES, Decoded, decode_message, encode_readings
+from pipeline.messages import REJECTION_CODES, BatchDecoder, Decoded, decode_message, encode_readings
 
 CHANNELS = ("flow", "pressure")
 
@@ -155,3 +155,43 @@ def test_arbitrary_json_never_raises(payload: object, batched: bool) -> None:
     body = {"schema": 1, "readings": payload} if batched else payload
     raw = json.dumps(body, allow_nan=True, default=str).encode("utf-8", "surrogatepass")
     _check(decode_message(raw, b"key", CHANNELS, ts_range=TS_RANGE))
+
+
+def _valid(sensor: str, ts: object, flow: object, keyed: bool) -> tuple[bytes, bytes | None]:
+    reading: dict[str, object] = {"ts": ts, "values": {"flow": flow, "pressure": 2.5, "x": "ignored"}}
+    if not keyed:
+        reading["sensor_id"] = sensor
+    return encode_readings([reading]), sensor.encode() if keyed else None
+
+
+valid_messages = st.builds(
+    _valid,
+    st.sampled_from(["p1", "p2", "p3"]),
+    st.sampled_from([1e9, 1_500_000_000, "2020-01-01T00:00:00Z", 5, 1e15, True]),
+    st.sampled_from([1, 1.5, -3, True, None, "1", 10**30]),
+    st.booleans(),
+)
+hostile_messages = st.sampled_from([(raw, None) for raw, _ in HOSTILE.values()])
+arbitrary_messages = st.builds(
+    lambda payload: (json.dumps(payload, allow_nan=True, default=str).encode("utf-8", "surrogatepass"), b"key"),
+    st.one_of(readings, json_values),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(valid_messages, valid_messages, hostile_messages, arbitrary_messages), max_size=30))
+def test_a_batch_decodes_exactly_as_message_by_message(messages: list[tuple[bytes, bytes | None]]) -> None:
+    decoder = BatchDecoder(CHANNELS, allowed_sensors={"p1", "p2", "key"})
+    for _ in range(2):  # the second pass finds the sensors known
+        batch = decoder.decode(messages, ts_range=TS_RANGE)
+        expected = [
+            decode_message(raw, key, CHANNELS, allowed_sensors={"p1", "p2", "key"}, ts_range=TS_RANGE)
+            for raw, key in messages
+        ]
+        readings = [(i, r.sensor_id, r.ts, r.values.tolist()) for i, d in enumerate(expected) for r in d.readings]
+        assert [
+            (int(i), s, float(t), v.tolist())
+            for i, s, t, v in zip(batch.message, batch.sensor_id, batch.ts, batch.values, strict=True)
+        ] == readings
+        rejections = [(i, r.code, r.reason) for i, d in enumerate(expected) for r in d.rejections]
+        assert sorted((i, r.code, r.reason) for i, r in batch.rejections) == sorted(rejections)

@@ -14,7 +14,7 @@ from models.regimes import Regime, Regimes, fit_regimes, window_levels
 from models.threshold import QuantileRule, Threshold
 from models.training import TrainingConfig
 from pipeline.scorer import WindowScorer
-from pipeline.windows import Window
+from pipeline.windows import Window, WindowBatch
 
 RNG = np.random.default_rng(3)
 OLD = RNG.normal(0.0, 1.0, (800, 3))
@@ -111,7 +111,7 @@ def test_windows_are_judged_by_their_regime_in_batch_and_streaming_scoring(two_r
             Window("s", float(i), float(i + 9), readings[i : i + 10], ("t", 0, i + 9), ("t", 0, i))
             for i in range(len(readings) - 9)
         ]
-        scored = WindowScorer(detector, "v1").score(windows)
+        scored = WindowScorer(detector, "v1").score(WindowBatch.of(windows))
         assert np.all(scored.threshold == expected)
         np.testing.assert_allclose(scored.error, detection.error, rtol=1e-5)
     levels = window_levels(detector.scaler.scaled_windows(shifted, 10))

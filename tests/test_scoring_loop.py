@@ -22,7 +22,7 @@ from pipeline.messages import encode_readings
 from pipeline.scorer import WindowScorer
 from pipeline.sinks import DeadLetterFile, ErrorLogSink
 from pipeline.sources import Record, TopicPartitionKey
-from pipeline.windows import Window, WindowAssembler
+from pipeline.windows import Window, WindowAssembler, WindowBatch
 
 CHANNELS = ("a", "b")
 WINDOW = 5
@@ -133,16 +133,16 @@ def test_a_scorer_failure_stops_the_loop_and_commits_nothing_unwritten(
 ) -> None:
     loop = make_loop(detector, tmp_path, pipelined=True)
     loop.error_log = ErrorLogSink(tmp_path, CHANNELS, roll_seconds=0.0)  # a checkpoint after every batch
-    real_score = loop.scorer.score
+    real_reconstruct = loop.scorer.reconstruct
     calls = {"n": 0}
 
-    def failing_score(windows):  # type: ignore[no-untyped-def]
+    def failing_reconstruct(windows, *model):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 5:
             raise RuntimeError("model blew up")
-        return real_score(windows)
+        return real_reconstruct(windows, *model)
 
-    loop.scorer.score = failing_score  # type: ignore[method-assign]
+    loop.scorer.reconstruct = failing_reconstruct  # type: ignore[method-assign]
     source = ListSource(records(), batch=16)
     with pytest.raises(RuntimeError, match="model blew up"):
         loop.run(source, idle_timeout_s=0)
@@ -193,7 +193,7 @@ def test_streamed_windows_score_as_the_detector_scores_its_readings() -> None:
         )
         for end in range(WINDOW - 1, len(readings))
     ]
-    streamed = WindowScorer(detector, "v1").score(windows)
+    streamed = WindowScorer(detector, "v1").score(WindowBatch.of(windows))
     np.testing.assert_allclose(streamed.error, detector.score(readings)[1].error, rtol=1e-5)
 
 

@@ -109,3 +109,11 @@ def test_streaming_alarm_per_sensor_equals_the_batch_filter_on_that_sensors_wind
     for key in set(keys):
         mine = np.array([k == key for k in keys])
         np.testing.assert_array_equal(got[mine], alarm.apply(exceeded[mine]))
+
+
+def test_forgotten_sensors_start_their_k_of_n_afresh() -> None:
+    alarm = StreamingAlarm()
+    rule = AlarmFilter(2, 2)
+    alarm.update(["a", "b"], np.array([True, True]), rule)
+    alarm.forget(["a"])
+    assert alarm.update(["a", "b"], np.array([True, True]), rule).tolist() == [False, True]

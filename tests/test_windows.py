@@ -81,3 +81,58 @@ def test_replay_from_rewind_point_reproduces_exactly_the_missing_windows(stamps:
     rebuilt = WindowAssembler(length=3, max_fill_s=2)
     after = [w for w in feed(rebuilt, "a", times[rewind:], offset0=rewind) if w.end_position[2] >= cut]
     assert [(w.start_ts, w.end_ts) for w in before + after] == [(w.start_ts, w.end_ts) for w in all_windows]
+
+
+_readings = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from([1.0, 1.0, 1.0, 1.0, 0.0, -1.0, 2.0, 3.0, 9.0, 0.4, 1.6]),  # step to that sensor's next ts
+        st.sampled_from([0, 1]),  # partition
+    ),
+    min_size=1,
+    max_size=120,
+)
+
+
+@given(_readings, st.lists(st.integers(1, 40), min_size=1, max_size=6), st.sampled_from([1, 2, 3]))
+def test_a_batch_gives_the_windows_and_counts_of_reading_by_reading(
+    readings: list[tuple[str, float, int]], cuts: list[int], stride: int
+) -> None:
+    def assembler() -> WindowAssembler:
+        return WindowAssembler(length=4, stride=stride, max_fill_s=3.0)
+
+    clock: dict[str, float] = {}
+    sensors, times, partitions = [], [], []
+    for sensor, step, partition in readings:
+        clock[sensor] = clock.get(sensor, 100.0) + step
+        sensors.append(sensor)
+        times.append(clock[sensor])
+        partitions.append(partition)
+    values = np.column_stack([np.array(times), np.arange(len(times), dtype=float)])
+    offsets = np.arange(len(times))
+
+    one_by_one = assembler()
+    expected = [
+        w
+        for i in range(len(times))
+        for w in one_by_one.add(sensors[i], times[i], values[i], ("t", partitions[i], int(offsets[i])))
+    ]
+    batched, got, start = assembler(), [], 0
+    for cut in [*cuts, len(times)]:
+        end = min(len(times), start + cut)
+        batch = batched.add_batch(
+            sensors[start:end],
+            np.array(times[start:end]),
+            values[start:end],
+            ["t"] * (end - start),
+            np.array(partitions[start:end]),
+            offsets[start:end],
+        )
+        got += batch.windows()
+        start = end
+    key = [(w.sensor_id, w.start_ts, w.end_ts, w.end_position, w.first_position[2]) for w in expected]
+    assert [(w.sensor_id, w.start_ts, w.end_ts, w.end_position, w.first_position[2]) for w in got] == key
+    assert all(np.array_equal(a.values, b.values) for a, b in zip(expected, got, strict=True))
+    assert batched.stats == one_by_one.stats
+    assert batched.rewind_offsets() == one_by_one.rewind_offsets()
+    assert batched.observed_period() == one_by_one.observed_period()
