@@ -466,10 +466,21 @@ def benchmark_skab(
 @click.option("--rows", type=int, default=5000, show_default=True, help="Readings per sensor.")
 @click.option("--partitions", type=int, default=3, show_default=True)
 @click.option("--latency-rate", type=float, default=2000.0, show_default=True, help="Readings/s in the latency phase.")
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Rounds of the three phases.")
+@click.option(
+    "--workers", type=click.IntRange(1), default=1, show_default=True, help="Scoring processes end to end (one group)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
 @pass_app
 def benchmark_throughput(
-    app: _AppContext, sensors: int, rows: int, partitions: int, latency_rate: float, as_json: bool
+    app: _AppContext,
+    sensors: int,
+    rows: int,
+    partitions: int,
+    latency_rate: float,
+    rounds: int,
+    workers: int,
+    as_json: bool,
 ) -> None:
     """Scorer readings/s end to end vs consume-only vs model-only, plus p50/p99 latency, on a real broker.
 
@@ -495,7 +506,14 @@ def benchmark_throughput(
         bootstrap = broker.start(config.local_kafka.start_timeout_s)
     try:
         result = run_throughput(
-            bootstrap, config, sensors=sensors, rows=rows, partitions=partitions, latency_rate=latency_rate
+            bootstrap,
+            config,
+            sensors=sensors,
+            rows=rows,
+            partitions=partitions,
+            latency_rate=latency_rate,
+            rounds=rounds,
+            workers=workers,
         )
     finally:
         if broker is not None:
@@ -729,6 +747,13 @@ def demo(app: _AppContext, out_dir: Path | None, epochs: int | None, rate: float
     default=None,
     help="Stop when nothing arrived for this many seconds.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Scoring processes in one consumer group, each pinned to its share of the cores (see pipeline.workers).",
+)
 @_device_option
 @pass_app
 def serve(
@@ -737,6 +762,7 @@ def serve(
     max_messages: int | None,
     timeout_s: float | None,
     idle_timeout_s: float | None,
+    workers: int,
     device: str | None,
 ) -> None:
     """Run the streaming scorer: consume readings, score windows, write the Parquet error log."""
@@ -744,8 +770,14 @@ def serve(
     from pipeline.durability import EXIT_BROKER_UNAVAILABLE, EXIT_WRITE_OUTAGE, WriteOutageError
     from pipeline.service import BrokerUnavailableError
     from pipeline.service import serve as run_service
+    from pipeline.workers import pin_from_env, run_workers, worker_command
 
     config = app.config
+    if workers > 1:
+        if (source or config.scoring.source) != "kafka":
+            raise click.UsageError("--workers needs the Kafka source (a file has one partition)")
+        sys.exit(run_workers(worker_command(sys.argv[1:]), workers, config.metrics.port))
+    pin_from_env()
     if source is not None or device is not None:
         config = config.model_copy(
             update={

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
+from kafka.errors import CoordinatorNotAvailableError
 
 from models.detector import AnomalyDetector
 from models.evaluation import anomaly_episodes
@@ -139,7 +140,11 @@ def wait_for_members(bootstrap: str, group: str, members: int, timeout_s: float 
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            description = admin.describe_consumer_groups([group])[0]
+            try:
+                description = admin.describe_consumer_groups([group])[0]
+            except CoordinatorNotAvailableError:  # a fresh broker creates __consumer_offsets on first use
+                time.sleep(0.2)
+                continue
             if description.state == "Stable" and len(description.members) == members:
                 return
             time.sleep(0.2)
@@ -223,6 +228,27 @@ def test_rebalance_between_two_consumers_loses_and_duplicates_nothing(kafka_brok
     outputs = [process.communicate(timeout=120)[0] for process in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
     assert any("partitions revoked" in output for output in outputs), "no rebalance happened"
+    assert_exactly_once(read_log(data_dir), fleet)
+
+
+def test_serve_workers_split_the_partitions_and_score_each_window_once(kafka_broker, registry_dir, fleet, tmp_path):
+    topic = make_topic(kafka_broker.bootstrap_servers, partitions=4)
+    config_path = write_config(tmp_path, kafka_broker.bootstrap_servers, topic, registry_dir, **SMALL_BATCHES)
+    data_dir = tmp_path / "data"
+    supervisor = spawn_serve(config_path, "--workers", "2", "--idle-timeout", "600")
+    try:
+        wait_for_members(kafka_broker.bootstrap_servers, load_config(config_path).kafka.group_id, 2)
+    except AssertionError:
+        supervisor.kill()
+        raise AssertionError(supervisor.communicate()[0]) from None
+    send(kafka_broker.bootstrap_servers, topic, fleet)
+    deadline = time.monotonic() + 180
+    while len(read_log(data_dir)) < len(expected_windows(fleet)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    supervisor.send_signal(signal.SIGTERM)  # forwarded to both workers: each flushes, commits and exits 0
+    output, _ = supervisor.communicate(timeout=120)
+    assert supervisor.returncode == 0, output
+    assert output.count("stopped: ") == 2, output  # one summary per worker
     assert_exactly_once(read_log(data_dir), fleet)
 
 
