@@ -57,6 +57,9 @@ class KafkaSettings(_Section):
     client_id: str = "driftline"
     dead_letter_topic: str = Field("driftline-dead-letters", description="Where rejected messages go.")
     events_topic: str = Field("driftline-events", description="Drift events and model-version changes.")
+    alerts_topic: str = Field(
+        "driftline-alerts", description="Alarm events (open / update / close, schema in pipeline.alarms)."
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
@@ -238,6 +241,13 @@ class SinkSettings(_Section):
     )
 
 
+class AlarmSettings(_Section):
+    quiet_s: float = Field(
+        60.0, ge=0, description="An alarm closes after this long (event time) without a flagged window."
+    )
+    top_channels: int = Field(3, ge=1, description="Channels named in an alarm, by their share of the error.")
+
+
 class MetricsSettings(_Section):
     port: int = Field(9108, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz; 0 turns it off.")
     address: str = Field(
@@ -287,6 +297,7 @@ class DriftlineConfig(_Section):
     windows: WindowSettings = Field(default_factory=WindowSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    alarms: AlarmSettings = Field(default_factory=AlarmSettings)
     sinks: SinkSettings = Field(default_factory=SinkSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)

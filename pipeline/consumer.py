@@ -42,12 +42,13 @@ import numpy as np
 from kafka.errors import KafkaError
 
 from models.detector import AnomalyDetector
+from pipeline.alarms import AlarmTracker
 from pipeline.drift import DriftMonitor
 from pipeline.durability import RetryPolicy
 from pipeline.messages import BatchDecoder
 from pipeline.metrics import ScoringMetrics
 from pipeline.scorer import Reconstruction, ScoredBatch, WindowScorer, share_cores
-from pipeline.sinks import DeadLetter, DeadLetterSink, DriftEventSink, ErrorLogSink, ScoredWindows
+from pipeline.sinks import AlarmEventSink, DeadLetter, DeadLetterSink, DriftEventSink, ErrorLogSink, ScoredWindows
 from pipeline.sources import Assignment, Record, Source, TopicPartitionKey
 from pipeline.stage_clock import StageClock
 from pipeline.windows import WindowAssembler, WindowBatch
@@ -124,6 +125,9 @@ class ScoringLoop:
         settings: LoopSettings = LoopSettings(),
         before_batch: Callable[[ScoringLoop], None] | None = None,
         watcher: Any = None,
+        alarms: AlarmTracker | None = None,
+        alerts: EventPublisher | None = None,
+        alarm_log: AlarmEventSink | None = None,
     ) -> None:
         self.scorer = scorer
         self.assembler = assembler
@@ -132,6 +136,9 @@ class ScoringLoop:
         self.drift = drift
         self.drift_events = drift_events
         self.events = events
+        self.alarms = alarms  # alarm episodes (pipeline.alarms), their events to alerts and alarm_log
+        self.alerts = alerts
+        self.alarm_log = alarm_log
         self.metrics = metrics or ScoringMetrics()
         self.settings = settings
         self.before_batch = before_batch
@@ -275,6 +282,10 @@ class ScoringLoop:
                     len(removed),
                     a.committed,
                 )
+            if self.alarms is not None:
+                restored = self.alarms.restore(a.topic, a.partition, a.metadata.get("alarms"))
+                if restored:
+                    log.info("%s-%d: %d open alarm(s) taken over from the last commit", a.topic, a.partition, restored)
             self._emit_from[tp] = a.committed
             self._processed[tp] = a.committed
             self._read_to[tp] = a.committed
@@ -299,6 +310,8 @@ class ScoringLoop:
         log.info("partitions revoked: %s; flushing and committing", partitions)
         self.checkpoint()
         self.assembler.drop_partitions(partitions)
+        if self.alarms is not None:
+            self.alarms.drop_partitions(partitions)  # committed with the offsets: the next owner continues them
         for tp in partitions:
             self._emit_from.pop(tp, None)
             self._processed.pop(tp, None)
@@ -473,7 +486,7 @@ class ScoringLoop:
         self._check_period()
         evicted = self.assembler.evict_idle(self._event_clock.now())
         if evicted:
-            self._submit(self._forget, evicted)  # in order, after the batches that still score them
+            self._submit(self._forget, evicted, self._event_clock.now())  # in order, after their last batches
             self.metrics.evicted_sensors.inc(len(evicted))
             log.info(
                 "forgot %d sensor(s) idle for over %.0f s of event time, e.g. %s",
@@ -483,11 +496,47 @@ class ScoringLoop:
             )
         return windows
 
-    def _forget(self, sensor_ids: list[str]) -> None:
-        """Scorer stage: sensors evicted from the windows leave the alarm and drift state too."""
+    def _forget(self, sensor_ids: list[str], at: float) -> None:
+        """Scorer stage: sensors evicted from the windows leave the k-of-n and drift state, and their
+        open alarms close."""
         self.scorer.forget(sensor_ids)
         if self.drift is not None:
             self.drift.forget(sensor_ids)
+        if self.alarms is not None:
+            self._send_alarms(self.alarms.close(sensor_ids, at))
+
+    def _raise_alarms(self, scored: ScoredBatch) -> None:
+        if self.alarms is None or not len(scored.windows):
+            return
+        w = scored.windows
+        self._send_alarms(
+            self.alarms.update(
+                w.sensor_id,
+                w.end_ts,
+                scored.anomaly,
+                scored.error,
+                scored.threshold,
+                scored.channel_error,
+                scored.model_version,
+                w.topic,
+                w.partition,
+                w.end_offset,
+            )
+        )
+
+    def _send_alarms(self, events: list[dict[str, Any]]) -> None:
+        """Alarm events go out at once (the alerts topic) and into the alarms table (durable at the checkpoint)."""
+        for event in events:
+            if self.alerts is not None:
+                self.alerts.publish(event)
+            self.metrics.alarm_events.labels(event=event["event"]).inc()
+            log.info(
+                "alarm %s %s: sensor %s, %s", event["event"], event["alarm_id"], event["sensor_id"], event["severity"]
+            )
+        if events and self.alarm_log is not None:
+            self.alarm_log.append(events)
+        if self.alarms is not None:
+            self.metrics.open_alarms.set(len(self.alarms))
 
     def _score_and_buffer(self, reconstruction: Reconstruction | Future[Reconstruction], started: float) -> ScoredBatch:
         """Scorer stage, in submission order: judge, update drift, buffer the rows (not yet durable)."""
@@ -499,6 +548,8 @@ class ScoringLoop:
             scored = self.scorer.judge(reconstruction)
         with clock.measure("drift"):
             drift_flags = self._update_drift(scored)
+        with clock.measure("alarms"):
+            self._raise_alarms(scored)
         with clock.measure("sink"):
             self.error_log.append(_to_columns(scored, drift_flags))
         n_anomalies = int(scored.anomaly.sum())
@@ -621,6 +672,14 @@ class ScoringLoop:
                 self._durably(self.drift_events.flush, "drift_events")
             if self.events is not None:
                 self._durably(self.events.flush, "events")
+            if self.alarm_log is not None:
+                self._durably(self.alarm_log.flush, "alarms")
+            if self.alerts is not None:
+                self._durably(self.alerts.flush, "alerts")
+        if self.alarms is not None:  # open alarms travel with the commit: the next owner keeps their ids
+            for tp, carried in self.alarms.snapshot().items():
+                if tp in offsets:
+                    offsets[tp][1]["alarms"] = carried
         return offsets
 
     def _request_checkpoint(self) -> None:

@@ -44,6 +44,10 @@ class ScoringMetrics:
             registry=r,
         )
         self.commits = Counter("driftline_commits", "Offset commits after durable writes", registry=r)
+        self.open_alarms = Gauge("driftline_open_alarms", "Alarm episodes open now", registry=r)
+        self.alarm_events = Counter(
+            "driftline_alarm_events", "Alarm events sent (open / update / close)", ["event"], registry=r
+        )
         self.stage_cpu = Counter(
             "driftline_stage_cpu_seconds",
             "Thread CPU seconds spent in each stage of the scoring loop (see pipeline.stage_clock.STAGES)",

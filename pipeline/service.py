@@ -20,6 +20,7 @@ from kafka.errors import KafkaError, NoBrokersAvailable
 
 from models.registry import ModelRegistry
 from models.training import resolve_device
+from pipeline.alarms import AlarmTracker
 from pipeline.config import DriftlineConfig
 from pipeline.consumer import EventPublisher, LoopSettings, LoopStats, ScoringLoop
 from pipeline.drift import DriftMonitor
@@ -29,6 +30,7 @@ from pipeline.metrics import ScoringMetrics
 from pipeline.model_watch import RegistryWatcher, hot_swap_hook
 from pipeline.scorer import WindowScorer
 from pipeline.sinks import (
+    AlarmEventSink,
     DeadLetterFile,
     DeadLetterSink,
     DriftEventSink,
@@ -55,6 +57,7 @@ def build_loop(
     dead_letters: DeadLetterSink,
     events: EventPublisher | None = None,
     metrics: ScoringMetrics | None = None,
+    alerts: EventPublisher | None = None,
 ) -> ScoringLoop:
     """A loop serving the registry's current model with the configured windows, sinks and drift."""
     registry = ModelRegistry(config.registry_dir)
@@ -127,6 +130,9 @@ def build_loop(
         settings=settings,
         before_batch=hot_swap_hook(watcher),
         watcher=watcher,
+        alarms=AlarmTracker(config.alarms.quiet_s, scorer.channels, config.alarms.top_channels),
+        alerts=alerts,
+        alarm_log=AlarmEventSink(config.error_log_dir),
     )
 
 
@@ -259,6 +265,7 @@ def serve(
             KafkaDeadLetters(producer, kafka.dead_letter_topic),
             events=KafkaEventPublisher(producer, kafka.events_topic),
             metrics=metrics,
+            alerts=KafkaEventPublisher(producer, kafka.alerts_topic, key="sensor_id"),
         )
         source = connect_with_retry(
             lambda: KafkaSource(kafka, loop.on_assigned, loop.on_revoked),

@@ -241,6 +241,79 @@ class DriftEventSink:
         return path
 
 
+def alarms_schema() -> pa.Schema:
+    """The ``alarms`` table: one row per alarm event (open / update / close), see :mod:`pipeline.alarms`."""
+    ts = pa.timestamp("ms", tz="UTC")
+    fields = [
+        pa.field("at", ts),
+        pa.field("event", pa.string()),
+        pa.field("alarm_id", pa.string()),
+        pa.field("sensor_id", pa.string()),
+        pa.field("severity", pa.string()),
+        pa.field("opened_at", ts),
+        pa.field("last_anomalous_at", ts),
+        pa.field("closed_at", ts),
+        pa.field("peak_error", pa.float64()),
+        pa.field("peak_ratio", pa.float64()),
+        pa.field("windows", pa.int64()),
+        pa.field("top_channels", pa.list_(pa.string())),
+        pa.field("model_version", pa.string()),
+        pa.field("source_topic", pa.string()),
+        pa.field("source_partition", pa.int32()),
+        pa.field("source_offset", pa.int64()),
+    ]
+    return pa.schema(fields, metadata={"driftline.schema": "alarms", "driftline.schema_version": "1"})
+
+
+class AlarmEventSink:
+    """Alarm events as small Parquet parts under ``alarms/``, written at each flush (before the commit)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "alarms"
+        self._pending: list[dict[str, Any]] = []
+
+    def append(self, events: Sequence[dict[str, Any]]) -> None:
+        self._pending.extend(events)
+
+    def flush(self) -> Path | None:
+        if not self._pending:
+            return None
+        rows = self._pending
+
+        def stamps(key: str) -> pa.Array:
+            values = [r[key] for r in rows]
+            return pa.array([None if v is None else round(v * 1000) for v in values], pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            )
+
+        table = pa.table(
+            {
+                "at": stamps("at"),
+                "event": [r["event"] for r in rows],
+                "alarm_id": [r["alarm_id"] for r in rows],
+                "sensor_id": [r["sensor_id"] for r in rows],
+                "severity": [r["severity"] for r in rows],
+                "opened_at": stamps("opened_at"),
+                "last_anomalous_at": stamps("last_anomalous_at"),
+                "closed_at": stamps("closed_at"),
+                "peak_error": [r["peak_error"] for r in rows],
+                "peak_ratio": [r["peak_ratio"] for r in rows],
+                "windows": [r["windows"] for r in rows],
+                "top_channels": [r["top_channels"] for r in rows],
+                "model_version": [r["model_version"] for r in rows],
+                "source_topic": [r["source"]["topic"] for r in rows],
+                "source_partition": [r["source"]["partition"] for r in rows],
+                "source_offset": [r["source"]["offset"] for r in rows],
+            },
+            schema=alarms_schema(),
+        )
+        date = datetime.fromtimestamp(rows[0]["at"], UTC).strftime("%Y-%m-%d")
+        path = self.root / f"date={date}" / f"alarms-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+        write_parquet_atomically(table, path)
+        self._pending = []
+        return path
+
+
 # A dead letter must fit the producer's max_request_size (1 MiB by default) after base64 (x 4/3):
 # raw bytes beyond this are cut, with the full length and sha256 kept so the original can be matched.
 DEAD_LETTER_MAX_RAW_BYTES = 512 * 1024
@@ -371,14 +444,17 @@ class KafkaDeadLetters:
 
 
 class KafkaEventPublisher:
-    """Drift events and model swaps as JSON on the events topic."""
+    """Events as JSON on a topic: drift events and model swaps on the events topic, alarm events
+    (keyed by sensor, so one sensor's events stay in order) on the alerts topic."""
 
-    def __init__(self, producer: Any, topic: str) -> None:
+    def __init__(self, producer: Any, topic: str, key: str | None = None) -> None:
         self.producer = producer
         self.topic = topic
+        self.key = key  # the event field used as message key, if any
 
     def publish(self, event: dict[str, Any]) -> None:
-        self.producer.send(self.topic, value=json.dumps(event, default=str).encode())
+        key = str(event[self.key]).encode() if self.key is not None else None
+        self.producer.send(self.topic, key=key, value=json.dumps(event, default=str).encode())
 
     def flush(self) -> None:
         self.producer.flush()

@@ -1,7 +1,7 @@
 """CPU time of each stage of the scoring loop, measured on the thread that runs it.
 
 ``time.thread_time`` counts the calling thread only: the consumer thread's stages (poll, decode,
-windows) and the scorer thread's (model, judge, drift, sink, durable) are each charged to their own
+windows) and the scorer thread's (model, judge, drift, alarms, sink, durable) are each charged to their own
 stage even when both threads run at once. Threads that a library starts on its own (PyTorch's
 intra-op pool, the Kafka client's I/O thread) are not in any stage; the throughput benchmark measures
 the machine's total beside them.
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 #: The stages, in the order a batch goes through them.
-STAGES = ("poll", "decode", "windows", "model", "judge", "drift", "sink", "durable", "commit")
+STAGES = ("poll", "decode", "windows", "model", "judge", "drift", "alarms", "sink", "durable", "commit")
 
 
 class StageClock:
