@@ -465,7 +465,12 @@ def benchmark_skab(
 @click.option("--sensors", type=int, default=20, show_default=True)
 @click.option("--rows", type=int, default=5000, show_default=True, help="Readings per sensor.")
 @click.option("--partitions", type=int, default=3, show_default=True)
-@click.option("--latency-rate", type=float, default=2000.0, show_default=True, help="Readings/s in the latency phase.")
+@click.option(
+    "--latency-rate",
+    type=float,
+    default=None,
+    help="Readings/s in the latency phase (default: half the end-to-end rate).",
+)
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Rounds of the three phases.")
 @click.option(
     "--workers", type=click.IntRange(1), default=1, show_default=True, help="Scoring processes end to end (one group)."
@@ -477,7 +482,7 @@ def benchmark_throughput(
     sensors: int,
     rows: int,
     partitions: int,
-    latency_rate: float,
+    latency_rate: float | None,
     rounds: int,
     workers: int,
     as_json: bool,

@@ -246,6 +246,9 @@ class AlarmSettings(_Section):
         60.0, ge=0, description="An alarm closes after this long (event time) without a flagged window."
     )
     top_channels: int = Field(3, ge=1, description="Channels named in an alarm, by their share of the error.")
+    alertmanager_url: str | None = Field(
+        None, description="Also post alarms to this Prometheus Alertmanager (API v2), e.g. http://127.0.0.1:9093."
+    )
 
 
 class MetricsSettings(_Section):

@@ -35,6 +35,7 @@ from pipeline.sinks import (
     DeadLetterSink,
     DriftEventSink,
     ErrorLogSink,
+    FanOut,
     KafkaDeadLetters,
     KafkaEventPublisher,
 )
@@ -50,6 +51,17 @@ def default_model_threads(device: str) -> int:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, 4))
+
+
+def _with_alertmanager(config: DriftlineConfig, alerts: EventPublisher | None) -> EventPublisher | None:
+    """``alerts``, plus Alertmanager when ``alarms.alertmanager_url`` is set."""
+    url = config.alarms.alertmanager_url
+    if url is None:
+        return alerts
+    from pipeline.alertmanager import AlertmanagerPublisher
+
+    log.info("alarms also go to Alertmanager at %s", url)
+    return FanOut(alerts, AlertmanagerPublisher(url))
 
 
 def build_loop(
@@ -131,7 +143,7 @@ def build_loop(
         before_batch=hot_swap_hook(watcher),
         watcher=watcher,
         alarms=AlarmTracker(config.alarms.quiet_s, scorer.channels, config.alarms.top_channels),
-        alerts=alerts,
+        alerts=_with_alertmanager(config, alerts),
         alarm_log=AlarmEventSink(config.error_log_dir),
     )
 

@@ -458,3 +458,18 @@ class KafkaEventPublisher:
 
     def flush(self) -> None:
         self.producer.flush()
+
+
+class FanOut:
+    """Publishes each event to several publishers (the alerts topic and Alertmanager); flushes them all."""
+
+    def __init__(self, *publishers: Any) -> None:
+        self.publishers = [p for p in publishers if p is not None]
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for publisher in self.publishers:
+            publisher.publish(event)
+
+    def flush(self) -> None:
+        for publisher in self.publishers:
+            publisher.flush()

@@ -22,6 +22,7 @@ write, so it would understate the latency).
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -50,7 +51,7 @@ from pipeline.producer import create_topic
 from pipeline.scorer import share_cores
 from pipeline.service import build_loop, default_model_threads
 from pipeline.simulator import FleetSpec, simulate_fleet
-from pipeline.sinks import DeadLetterFile
+from pipeline.sinks import DeadLetterFile, KafkaEventPublisher
 from pipeline.sources import KafkaSource
 from pipeline.stage_clock import STAGES
 from pipeline.time_spans import epoch_seconds
@@ -78,6 +79,9 @@ class ThroughputResult:
     rounds: int = 1
     stage_us: dict[str, float] = field(default_factory=dict)  # loop thread CPU us per reading, per stage
     peak_rss_mb: float | None = None
+    alarm_latency_p50_ms: float | None = None  # produce -> alarm open event read from the alerts topic
+    alarm_latency_p99_ms: float | None = None
+    alarms_opened: int = 0
     fleet_sensors: int = 0
     fleet_memory_mb: float | None = None  # per-sensor state with fleet_sensors in flight
     fleet_memory_after_evict_mb: float | None = None
@@ -118,6 +122,10 @@ class ThroughputResult:
             "ratio_to_cpu_bound": None if ratio_bound is None else round(ratio_bound, 3),
             "latency_p50_ms": round(self.latency_p50_ms, 1),
             "latency_p99_ms": round(self.latency_p99_ms, 1),
+            "latency_rate": round(self.latency_rate, 1),
+            "alarm_latency_p50_ms": _rounded(self.alarm_latency_p50_ms),
+            "alarm_latency_p99_ms": _rounded(self.alarm_latency_p99_ms),
+            "alarms_opened": self.alarms_opened,
             "readings": self.readings,
             "cpu_us_per_reading_consume_only": _rounded(self.cpu_us.get("consume_only")),
             "cpu_us_per_reading_model_only": _rounded(self.cpu_us.get("model_only")),
@@ -153,8 +161,11 @@ class ThroughputResult:
         lines += [
             "-" * 79,
             f"end-to-end / min(consume, model) = {self.ratio:.2f}  (target >= 0.80; bottleneck {bottleneck:,.0f}/s)",
-            f"latency produce -> row durable at {self.latency_rate:,.0f} readings/s: "
+            f"latency produce -> row durable (fsynced) at {self.latency_rate:,.0f} readings/s: "
             f"p50 {self.latency_p50_ms:.0f} ms, p99 {self.latency_p99_ms:.0f} ms",
+            f"latency produce -> alarm on the alerts topic, same run ({self.alarms_opened} alarms): "
+            f"p50 {_cell(self.alarm_latency_p50_ms)} ms, p99 {_cell(self.alarm_latency_p99_ms)} ms"
+            " (target p99 < 1,000)",
             f"{self.readings:,} readings, {self.partitions} partitions, micro-batch {self.batch_size} readings; "
             f"each rate the median of {self.rounds} rounds of the three phases side by side",
         ]
@@ -304,6 +315,10 @@ def _resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _percentile_ms(seconds: list[float], q: float) -> float | None:
+    return float(np.percentile(seconds, q) * 1000) if seconds else None
+
+
 def _median_or_none(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return float(np.median(known)) if known else None
@@ -445,7 +460,7 @@ def run_throughput(
     sensors: int = 20,
     rows: int = 5000,
     partitions: int = 3,
-    latency_rate: float = 2000.0,
+    latency_rate: float | None = None,
     latency_seconds: float = 10.0,
     rounds: int = 3,
     workers: int = 1,
@@ -502,13 +517,32 @@ def run_throughput(
     cpu_us = {phase: _median_or_none([c for _, c in runs]) for phase, runs in measured.items()}
     consume_only, model_only, end_to_end = rates["consume_only"], rates["model_only"], rates["end_to_end"]
 
-    # latency at a fixed rate: reading ts = produce time; row durable at ingest_time
+    # latency at a fixed rate (default: half the end-to-end rate): reading ts = produce time; a row is
+    # durable when its part is fsynced (on_durable); an alarm is delivered when it is read from the alerts topic
+    latency_rate = latency_rate or round(end_to_end / 2, -2)
     latency_topic = create_topic(bootstrap, "bench", partitions)
+    alerts_topic = create_topic(bootstrap, "bench-alerts", 1)
     config = _config(base, bootstrap, latency_topic, work / "latency", registry)
-    loop = build_loop(config, DeadLetterFile(work / "latency" / "dead.jsonl"))
+    alert_producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)  # as serve's producer
+    alerts = KafkaEventPublisher(alert_producer, alerts_topic, key="sensor_id")
+    loop = build_loop(config, DeadLetterFile(work / "latency" / "dead.jsonl"), alerts=alerts)
     source = KafkaSource(config.kafka, loop.on_assigned, loop.on_revoked)
     n_latency = int(latency_rate * latency_seconds)
     per_sensor = n_latency // sensors
+    rows_by_sensor = fleet[channels].to_numpy().tolist()
+    alarm_latency_s: list[float] = []
+    listening = threading.Event()
+
+    def listen_for_alarms() -> None:
+        consumer = KafkaConsumer(alerts_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        while not listening.is_set():
+            for records in consumer.poll(timeout_ms=100).values():
+                received = time.time()
+                for record in records:
+                    event = json.loads(record.value)
+                    if event["event"] == "open":
+                        alarm_latency_s.append(received - event["opened_at"])
+        consumer.close()
 
     def produce_live() -> None:
         time.sleep(3.0)  # let the loop join its group
@@ -516,7 +550,7 @@ def run_throughput(
         for i in range(per_sensor):
             now = time.time()
             for s in range(sensors):
-                values = dict(zip(channels, fleet[channels].iloc[(i * sensors + s) % len(fleet)].tolist(), strict=True))
+                values = dict(zip(channels, rows_by_sensor[(i * sensors + s) % len(fleet)], strict=True))
                 reading = {"sensor_id": f"sensor-{s:03d}", "ts": now + s * 1e-6, "values": values}
                 producer.send(latency_topic, key=f"sensor-{s:03d}".encode(), value=encode_readings([reading]))
             ahead = (i + 1) * sensors / latency_rate - (time.perf_counter() - t0)
@@ -531,10 +565,16 @@ def run_throughput(
         durable_at.update(dict.fromkeys(parts, at))
 
     feeder = threading.Thread(target=produce_live, daemon=True)
+    listener = threading.Thread(target=listen_for_alarms, daemon=True)
+    listener.start()
     feeder.start()
     loop.run(source, idle_timeout_s=5, hooks=LoopHooks(on_durable=note_durable))
     feeder.join()
+    time.sleep(1.0)  # the last alarms in flight
+    listening.set()
+    listener.join()
     producer.close()
+    alert_producer.close()
     latency_ms = np.concatenate(
         [
             (at - epoch_seconds(pd.read_parquet(part, columns=["window_end"])["window_end"])) * 1000
@@ -549,6 +589,9 @@ def run_throughput(
         latency_p50_ms=float(np.percentile(latency_ms, 50)),
         latency_p99_ms=float(np.percentile(latency_ms, 99)),
         latency_rate=latency_rate,
+        alarm_latency_p50_ms=_percentile_ms(alarm_latency_s, 50),
+        alarm_latency_p99_ms=_percentile_ms(alarm_latency_s, 99),
+        alarms_opened=len(alarm_latency_s),
         partitions=partitions,
         batch_size=batch_size,
         cpu_us=cpu_us,
