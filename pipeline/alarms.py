@@ -21,6 +21,18 @@ Updates are sent only when the peak ratio has grown by half since the last event
 Severity is the peak error / threshold ratio: below 2 ``warning``, below 4 ``major``, else
 ``critical``.
 
+**Regime changes.** A fleet-wide drift (most sensors' errors rising together) is far more often a new
+operating point than a fault of every sensor at once. :meth:`AlarmTracker.fleet_drift` opens one
+``regime_change`` notice (``{"type": "regime_change", "event": "open", "notice_id": ..., "policy":
+..., "alarms_covered": n}``), which is never silent; the next model swap (a model for the new regime)
+closes it (:meth:`AlarmTracker.regime_settled`). While it is open, episodes are marked
+``suspected_regime_change`` and, by ``regime_policy``: ``suppress`` keeps them off the alerts topic
+(``"suppressed": true``; still in the alarms table) unless the sensor *stands out from the fleet*
+(its error ratio at least ``standout_factor`` times the batch's median ratio), in which case it is
+sent under its id; ``notify`` sends them marked; ``alarm`` ignores the drift. The risk: a real
+plant-wide fault looks the same as a regime change; the notice says so, and ``alarm`` is there for
+plants where that risk is not acceptable.
+
 >>> import numpy as np
 >>> tracker = AlarmTracker(quiet_s=10.0, channels=("a", "b"))
 >>> flags = np.array([False, True, True, False, False])
@@ -37,11 +49,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 ALARM_SCHEMA = 1
+RegimePolicy = Literal["notify", "suppress", "alarm"]
+REGIME_POLICIES: tuple[str, ...] = ("notify", "suppress", "alarm")
 #: Open alarms carried per partition in a commit's metadata (Kafka allows 4 KB of metadata by default).
 MAX_CARRIED_PER_PARTITION = 10
 
@@ -75,6 +89,8 @@ class Episode:
     model_version: str
     source: dict[str, Any]
     reported_ratio: float = field(default=0.0)  # peak ratio at the last event sent
+    suspected_regime_change: bool = False  # opened while a fleet-wide drift was open
+    suppressed: bool = False  # kept off the alerts topic by the ``suppress`` policy (never off the table)
 
     def event(self, kind: str, at: float, closed_at: float | None = None) -> dict[str, Any]:
         self.reported_ratio = self.peak_ratio
@@ -94,6 +110,8 @@ class Episode:
             "top_channels": list(self.top_channels),
             "model_version": self.model_version,
             "source": dict(self.source),
+            "suspected_regime_change": self.suspected_regime_change,
+            "suppressed": self.suppressed,
             "at": at,
         }
 
@@ -109,11 +127,13 @@ class Episode:
             self.top_channels,
             self.model_version,
             self.source["offset"],
+            self.suspected_regime_change,
+            self.suppressed,
         ]
 
     @classmethod
     def from_carried(cls, sensor_id: str, topic: str, partition: int, values: list[Any]) -> Episode:
-        alarm, opened, last, peak, ratio, windows, top, version, offset = values
+        alarm, opened, last, peak, ratio, windows, top, version, offset, suspected, suppressed = values
         source = {"topic": topic, "partition": partition, "offset": int(offset)}
         episode = cls(
             str(alarm),
@@ -126,6 +146,8 @@ class Episode:
             [str(c) for c in top],
             str(version),
             source,
+            suspected_regime_change=bool(suspected),
+            suppressed=bool(suppressed),
         )
         episode.reported_ratio = episode.peak_ratio
         return episode
@@ -134,13 +156,60 @@ class Episode:
 class AlarmTracker:
     """Turns flagged windows into alarm episodes and their events (see the module docstring)."""
 
-    def __init__(self, quiet_s: float, channels: Sequence[str], top_channels: int = 3) -> None:
+    def __init__(
+        self,
+        quiet_s: float,
+        channels: Sequence[str],
+        top_channels: int = 3,
+        regime_policy: RegimePolicy = "suppress",
+        standout_factor: float = 3.0,
+    ) -> None:
         if quiet_s < 0:
             raise ValueError("quiet_s must be >= 0")
+        if regime_policy not in REGIME_POLICIES:
+            raise ValueError(f"regime_policy must be one of {REGIME_POLICIES}, got {regime_policy!r}")
         self.quiet_s = quiet_s
         self.channels = tuple(channels)
         self.top_channels = top_channels
+        self.regime_policy = regime_policy
+        self.standout_factor = standout_factor
         self._open: dict[str, Episode] = {}
+        self._regime: dict[str, Any] | None = None  # the open regime-change notice, if any
+
+    @property
+    def regime_open(self) -> bool:
+        return self._regime is not None
+
+    def fleet_drift(self, at: float, model_version: str) -> list[dict[str, Any]]:
+        """A fleet-wide drift was detected: open one ``regime_change`` notice (unless one is open)."""
+        if self._regime is not None or self.regime_policy == "alarm":
+            return []
+        notice_id = hashlib.sha256(f"regime\x00{model_version}\x00{at!r}".encode()).hexdigest()[:20]
+        self._regime = {"notice_id": notice_id, "opened_at": at, "model_version": model_version}
+        for episode in self._open.values():  # what is open now is covered by the notice too
+            episode.suspected_regime_change = True
+        return [self._notice("open", at)]
+
+    def regime_settled(self, at: float) -> list[dict[str, Any]]:
+        """The model was replaced (retrained on the new regime): close the notice, if one is open."""
+        if self._regime is None:
+            return []
+        event = self._notice("close", at)
+        self._regime = None
+        return [event]
+
+    def _notice(self, kind: str, at: float) -> dict[str, Any]:
+        assert self._regime is not None
+        covered = sum(e.suspected_regime_change for e in self._open.values())
+        return {
+            "schema": ALARM_SCHEMA,
+            "type": "regime_change",
+            "event": kind,
+            **self._regime,
+            "policy": self.regime_policy,
+            "alarms_covered": covered,
+            "at": at,
+        }
 
     def __len__(self) -> int:
         """Open alarms."""
@@ -165,6 +234,8 @@ class AlarmTracker:
             return events
         ratio = np.asarray(error, dtype=np.float64) / np.maximum(np.asarray(threshold, dtype=np.float64), 1e-12)
         flagged = np.asarray(anomaly, dtype=bool)
+        # during a regime change a sensor still stands out when it is far above the fleet's level
+        standout_level = max(1.0, self.standout_factor * float(np.median(ratio)))
         watched = set(self._open).union(sensor_ids[i] for i in np.flatnonzero(flagged).tolist())  # open, or opening now
         rows = np.flatnonzero(np.fromiter((s in watched for s in sensor_ids), bool, len(sensor_ids)))
         for i in rows.tolist():
@@ -184,6 +255,17 @@ class AlarmTracker:
                         model_version,
                         {"topic": topics[i], "partition": int(partitions[i]), "offset": int(offsets[i])},
                     )
+                    if self._regime is not None:
+                        episode.suspected_regime_change = True
+                        episode.suppressed = self.regime_policy == "suppress" and ratio[i] < standout_level
+                    events.append(episode.event("open", ts))
+                    continue
+                if episode.suppressed and ratio[i] >= standout_level:  # it stands out now: alarm it
+                    episode.suppressed = False
+                    episode.last_anomalous_at = ts
+                    episode.windows += 1
+                    episode.peak_ratio = max(episode.peak_ratio, float(ratio[i]))
+                    episode.peak_error = max(episode.peak_error, float(error[i]))
                     events.append(episode.event("open", ts))
                     continue
                 episode.last_anomalous_at = ts

@@ -32,6 +32,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ALERT_NAME = "DriftlineSensorAnomaly"
+REGIME_ALERT_NAME = "DriftlineRegimeChange"
+
+
+def _key(event: dict[str, Any]) -> str:
+    return str(event.get("alarm_id") or event["notice_id"])
 
 
 def _iso(seconds: float) -> str:
@@ -39,7 +44,21 @@ def _iso(seconds: float) -> str:
 
 
 def to_alert(event: dict[str, Any], now: float) -> dict[str, Any]:
-    """The Alertmanager v2 alert for an alarm event (see :mod:`pipeline.alarms`)."""
+    """The Alertmanager v2 alert for an alarm event or a regime-change notice (see :mod:`pipeline.alarms`)."""
+    if event.get("type") == "regime_change":
+        notice: dict[str, Any] = {
+            "labels": {"alertname": REGIME_ALERT_NAME, "notice_id": event["notice_id"], "severity": "warning"},
+            "annotations": {
+                "summary": "fleet-wide drift: most likely a new operating regime (a plant-wide fault looks the same)",
+                "policy": event["policy"],
+                "alarms_covered": str(event["alarms_covered"]),
+                "model_version": event["model_version"],
+            },
+            "startsAt": _iso(min(event["opened_at"], now)),
+        }
+        if event["event"] == "close":
+            notice["endsAt"] = _iso(now)
+        return notice
     alert: dict[str, Any] = {
         "labels": {
             "alertname": ALERT_NAME,
@@ -79,8 +98,9 @@ class AlertmanagerPublisher:
 
     def publish(self, event: dict[str, Any]) -> None:
         with self._lock:
-            self._pending[event["alarm_id"]] = event
-            self._pending.move_to_end(event["alarm_id"])
+            key = _key(event)
+            self._pending[key] = event
+            self._pending.move_to_end(key)
             while len(self._pending) > self.max_pending:
                 dropped, _ = self._pending.popitem(last=False)
                 log.warning("alertmanager: %d alerts waiting; dropped the oldest (%s)", self.max_pending, dropped)
@@ -103,7 +123,7 @@ class AlertmanagerPublisher:
         now = time.monotonic()
         events = list(self._pending.values())
         self._pending.clear()
-        posted = {e["alarm_id"] for e in events}
+        posted = {_key(e) for e in events}
         events += [e for a, (e, at) in self._open.items() if a not in posted and now - at >= self.resend_s]
         return events
 
@@ -124,7 +144,7 @@ class AlertmanagerPublisher:
                 log.warning("alertmanager %s: post failed (%s); retrying in %.1f s", self.url, error, backoff)
                 with self._lock:
                     for event in events:  # keep the newer event of an alarm if one arrived meanwhile
-                        self._pending.setdefault(event["alarm_id"], event)
+                        self._pending.setdefault(_key(event), event)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
@@ -133,9 +153,9 @@ class AlertmanagerPublisher:
             with self._lock:
                 for event in events:
                     if event["event"] == "close":
-                        self._open.pop(event["alarm_id"], None)
+                        self._open.pop(_key(event), None)
                     else:
-                        self._open[event["alarm_id"]] = (event, now)
+                        self._open[_key(event)] = (event, now)
                 self.posted += len(events)
                 self._lock.notify_all()
 

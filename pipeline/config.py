@@ -246,6 +246,18 @@ class AlarmSettings(_Section):
         60.0, ge=0, description="An alarm closes after this long (event time) without a flagged window."
     )
     top_channels: int = Field(3, ge=1, description="Channels named in an alarm, by their share of the error.")
+    regime_policy: Literal["notify", "suppress", "alarm"] = Field(
+        "suppress",
+        description="While a fleet-wide drift is open (one regime_change notice is sent): 'suppress' keeps "
+        "per-sensor alarms off the alerts topic unless the sensor stands out from the fleet, 'notify' sends "
+        "them marked suspected_regime_change, 'alarm' ignores the drift. Risk: a plant-wide fault looks the same.",
+    )
+    standout_factor: float = Field(
+        3.0,
+        gt=0,
+        description="During a regime change a sensor is alarmed when its error ratio is this many "
+        "times the fleet's median.",
+    )
     alertmanager_url: str | None = Field(
         None, description="Also post alarms to this Prometheus Alertmanager (API v2), e.g. http://127.0.0.1:9093."
     )

@@ -260,6 +260,8 @@ class ScoringLoop:
 
     def _swap_now(self, detector: AnomalyDetector, version: str) -> None:
         self.scorer.swap(detector, version)
+        if self.alarms is not None:  # a model for the new regime serves: the regime-change notice closes
+            self._send_alarms(self.alarms.regime_settled(self._latest_ts))
         if self.drift is not None:
             self.drift.reset(version)
         self.metrics.set_model_version(version)
@@ -525,16 +527,32 @@ class ScoringLoop:
         )
 
     def _send_alarms(self, events: list[dict[str, Any]]) -> None:
-        """Alarm events go out at once (the alerts topic) and into the alarms table (durable at the checkpoint)."""
+        """Alarm events go out at once (the alerts topic) and into the alarms table (durable at the checkpoint);
+        alarms suppressed during a regime change go only into the table."""
         for event in events:
-            if self.alerts is not None:
+            if self.alerts is not None and not event.get("suppressed"):
                 self.alerts.publish(event)
+            if event["type"] == "regime_change":
+                self.metrics.alarm_events.labels(event=f"regime_{event['event']}").inc()
+                log.warning(
+                    "regime change %s (fleet-wide drift, policy %s): %d alarm(s) covered",
+                    event["event"],
+                    event["policy"],
+                    event["alarms_covered"],
+                )
+                continue
             self.metrics.alarm_events.labels(event=event["event"]).inc()
             log.info(
-                "alarm %s %s: sensor %s, %s", event["event"], event["alarm_id"], event["sensor_id"], event["severity"]
+                "alarm %s %s: sensor %s, %s%s",
+                event["event"],
+                event["alarm_id"],
+                event["sensor_id"],
+                event["severity"],
+                " (suppressed: regime change)" if event["suppressed"] else "",
             )
-        if events and self.alarm_log is not None:
-            self.alarm_log.append(events)
+        alarms = [e for e in events if e["type"] == "alarm"]
+        if alarms and self.alarm_log is not None:
+            self.alarm_log.append(alarms)
         if self.alarms is not None:
             self.metrics.open_alarms.set(len(self.alarms))
 
@@ -617,6 +635,8 @@ class ScoringLoop:
         windows = scored.windows
         for i, event in self.drift.update_many(windows.sensor_id, windows.end_ts, scored.error):
             flags[i] = flags[i] or event.scope == "sensor"
+            if event.scope == "fleet" and self.alarms is not None:  # most likely a new operating regime
+                self._send_alarms(self.alarms.fleet_drift(event.ts, event.model_version))
             self.stats.drift_events += 1
             self.metrics.drift_events.labels(scope=event.scope).inc()
             log.info("drift detected: %s", event)

@@ -142,7 +142,13 @@ def build_loop(
         settings=settings,
         before_batch=hot_swap_hook(watcher),
         watcher=watcher,
-        alarms=AlarmTracker(config.alarms.quiet_s, scorer.channels, config.alarms.top_channels),
+        alarms=AlarmTracker(
+            config.alarms.quiet_s,
+            scorer.channels,
+            config.alarms.top_channels,
+            config.alarms.regime_policy,
+            config.alarms.standout_factor,
+        ),
         alerts=_with_alertmanager(config, alerts),
         alarm_log=AlarmEventSink(config.error_log_dir),
     )

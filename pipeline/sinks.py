@@ -261,6 +261,8 @@ def alarms_schema() -> pa.Schema:
         pa.field("source_topic", pa.string()),
         pa.field("source_partition", pa.int32()),
         pa.field("source_offset", pa.int64()),
+        pa.field("suspected_regime_change", pa.bool_()),
+        pa.field("suppressed", pa.bool_()),
     ]
     return pa.schema(fields, metadata={"driftline.schema": "alarms", "driftline.schema_version": "1"})
 
@@ -304,6 +306,8 @@ class AlarmEventSink:
                 "source_topic": [r["source"]["topic"] for r in rows],
                 "source_partition": [r["source"]["partition"] for r in rows],
                 "source_offset": [r["source"]["offset"] for r in rows],
+                "suspected_regime_change": [r["suspected_regime_change"] for r in rows],
+                "suppressed": [r["suppressed"] for r in rows],
             },
             schema=alarms_schema(),
         )

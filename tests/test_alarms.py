@@ -97,3 +97,56 @@ def test_metadata_from_elsewhere_is_ignored() -> None:
     assert tracker.restore("t", 0, {"x": ["not", "an", "alarm"]}) == 0
     assert tracker.restore("t", 0, "garbage") == 0
     assert len(tracker) == 0
+
+
+def fleet_batch(n_sensors: int, ratios: dict[str, float], at: float) -> dict[str, np.ndarray]:
+    """One window per sensor at ``at``; every sensor flagged at ratio 1.5 unless ``ratios`` says otherwise."""
+    sensors = [f"s{i}" for i in range(n_sensors)]
+    ratio = np.array([ratios.get(s, 1.5) for s in sensors])
+    return {
+        "sensor_ids": sensors,
+        "end_ts": np.full(n_sensors, at),
+        "anomaly": ratio > 1.0,
+        "error": ratio,
+        "threshold": np.ones(n_sensors),
+        "channel_error": np.column_stack([ratio, ratio / 2]),
+        "offsets": np.arange(n_sensors) + int(at) * n_sensors,
+    }
+
+
+def feed_all(tracker: AlarmTracker, s: dict) -> list[dict]:
+    return feed(tracker, s, 0, len(s["sensor_ids"]))
+
+
+def test_a_fleet_wide_drift_is_one_notice_and_suppresses_the_alarms_it_explains() -> None:
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
+    notice = tracker.fleet_drift(at=100.0, model_version="v1")
+    assert [(e["type"], e["event"]) for e in notice] == [("regime_change", "open")]
+    assert tracker.fleet_drift(at=101.0, model_version="v1") == []  # one notice while it is open
+    events = feed_all(tracker, fleet_batch(10, {"s3": 20.0}, at=102.0))
+    public = [e for e in events if not e["suppressed"]]
+    assert [e["sensor_id"] for e in public] == ["s3"]  # stands out from the fleet: still alarmed
+    assert all(e["suspected_regime_change"] for e in events)
+    assert len(events) == 10  # the others are kept (the alarms table), off the alerts topic
+    (closed,) = tracker.regime_settled(at=200.0)
+    assert (closed["event"], closed["notice_id"], closed["alarms_covered"]) == ("close", notice[0]["notice_id"], 10)
+
+
+def test_a_suppressed_alarm_that_later_stands_out_is_sent_under_its_id() -> None:
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
+    tracker.fleet_drift(at=100.0, model_version="v1")
+    (first,) = [e for e in feed_all(tracker, fleet_batch(10, {}, at=101.0)) if e["sensor_id"] == "s4"]
+    later = [e for e in feed_all(tracker, fleet_batch(10, {"s4": 30.0}, at=102.0)) if e["sensor_id"] == "s4"]
+    assert first["suppressed"]
+    assert [(e["event"], e["suppressed"], e["alarm_id"]) for e in later] == [("open", False, first["alarm_id"])]
+
+
+def test_policies_notify_and_alarm() -> None:
+    notify = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="notify")
+    assert notify.fleet_drift(at=100.0, model_version="v1")
+    events = feed_all(notify, fleet_batch(5, {}, at=101.0))
+    assert all(e["suspected_regime_change"] and not e["suppressed"] for e in events)
+    alarm = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="alarm")
+    assert alarm.fleet_drift(at=100.0, model_version="v1") == []
+    events = feed_all(alarm, fleet_batch(5, {}, at=101.0))
+    assert not any(e["suspected_regime_change"] or e["suppressed"] for e in events)

@@ -17,10 +17,11 @@ import pytest
 
 from models.detector import AnomalyDetector
 from models.training import TrainingConfig
+from pipeline.alarms import AlarmTracker
 from pipeline.consumer import LoopSettings, ScoringLoop
 from pipeline.messages import encode_readings
 from pipeline.scorer import WindowScorer
-from pipeline.sinks import DeadLetterFile, ErrorLogSink
+from pipeline.sinks import AlarmEventSink, DeadLetterFile, ErrorLogSink
 from pipeline.sources import Record, TopicPartitionKey
 from pipeline.windows import Window, WindowAssembler, WindowBatch
 
@@ -213,3 +214,54 @@ def test_the_loop_checkpoints_every_roll_rows_windows(detector: AnomalyDetector,
     assert all(later - earlier >= 40 for earlier, later in pairwise(committed[:-1]))
     assert len(committed) <= stats.windows // 40 + 1
     assert len(parts) >= len(committed)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def publish(self, event: dict) -> None:
+        self.events.append(event)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_loop_sends_alarms_at_once_and_keeps_suppressed_ones_off_the_alerts(
+    detector: AnomalyDetector, tmp_path: Path
+) -> None:
+    alerts = Collect()
+    loop = ScoringLoop(
+        WindowScorer(detector, "v1"),
+        WindowAssembler(WINDOW),
+        ErrorLogSink(tmp_path, CHANNELS, roll_seconds=3600),
+        DeadLetterFile(tmp_path / "dead.jsonl"),
+        settings=LoopSettings(pipelined=True, max_poll_records=16),
+        alarms=AlarmTracker(quiet_s=5.0, channels=CHANNELS, regime_policy="suppress"),
+        alerts=alerts,
+        alarm_log=AlarmEventSink(tmp_path),
+    )
+    stats = loop.run(ListSource(records(), batch=16), idle_timeout_s=0)
+    table = pd.read_parquet(tmp_path / "alarms") if (tmp_path / "alarms").exists() else pd.DataFrame()
+    opened = [e for e in alerts.events if e["event"] == "open"]
+    assert stats.anomalies == 0 or opened, "flagged windows but no alarm was sent"
+    assert len(table) == len(alerts.events)  # nothing suppressed without a fleet drift: all sent, all kept
+    assert loop.alarms is not None
+    assert loop.alarms.fleet_drift(at=1.0, model_version="v1")  # a regime change opens ...
+    loop._send_alarms(loop.alarms.fleet_drift(at=2.0, model_version="v1"))  # ... once
+    suppressed = loop.alarms.update(
+        ["s9"],
+        np.array([3.0]),
+        np.array([True]),
+        np.array([2.0]),
+        np.array([1.0]),
+        np.ones((1, 2)),
+        "v1",
+        ["t"],
+        np.zeros(1, int),
+        np.array([999]),
+    )
+    sent_before = len(alerts.events)
+    loop._send_alarms(suppressed)
+    assert suppressed[0]["suppressed"]
+    assert len(alerts.events) == sent_before  # off the alerts topic
