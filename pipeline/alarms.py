@@ -7,8 +7,8 @@ or when the sensor goes idle. Each change is an event (schema :data:`ALARM_SCHEM
 
     {"schema": 1, "type": "alarm", "event": "open" | "update" | "close", "alarm_id": "3f2a...",
      "sensor_id": "pump-7", "severity": "warning" | "major" | "critical", "opened_at": 1767225600.0,
-     "last_anomalous_at": ..., "closed_at": null, "peak_error": 2.1, "peak_ratio": 3.4, "windows": 12,
-     "top_channels": ["flow", "pressure"], "model_version": "v000002",
+     "last_anomalous_at": ..., "closed_at": null, "closed_by": null, "peak_error": 2.1, "peak_ratio": 3.4,
+     "windows": 12, "top_channels": ["flow", "pressure"], "model_version": "v000002",
      "source": {"topic": "sensor-readings", "partition": 0, "offset": 4711}, "at": 1767225660.0}
 
 ``alarm_id`` is derived from the sensor and the source position of the episode's first flagged
@@ -27,7 +27,8 @@ operating point than a fault of every sensor at once. :meth:`AlarmTracker.fleet_
 ..., "alarms_covered": n}``), which is never silent; the next model swap (a model for the new regime)
 closes it (:meth:`AlarmTracker.regime_settled`). While it is open, episodes are marked
 ``suspected_regime_change`` and, by ``regime_policy``: ``suppress`` keeps them off the alerts topic
-(``"suppressed": true``; still in the alarms table) unless the sensor *stands out from the fleet*
+(``"suppressed": true``; still in the alarms table; alarms open when the notice opens are closed
+with ``"closed_by": "regime_change"``) unless the sensor *stands out from the fleet*
 (its error ratio at least ``standout_factor`` times the batch's median ratio), in which case it is
 sent under its id; ``notify`` sends them marked; ``alarm`` ignores the drift. The risk: a real
 plant-wide fault looks the same as a regime change; the notice says so, and ``alarm`` is there for
@@ -92,7 +93,9 @@ class Episode:
     suspected_regime_change: bool = False  # opened while a fleet-wide drift was open
     suppressed: bool = False  # kept off the alerts topic by the ``suppress`` policy (never off the table)
 
-    def event(self, kind: str, at: float, closed_at: float | None = None) -> dict[str, Any]:
+    def event(
+        self, kind: str, at: float, closed_at: float | None = None, closed_by: str | None = None
+    ) -> dict[str, Any]:
         self.reported_ratio = self.peak_ratio
         return {
             "schema": ALARM_SCHEMA,
@@ -104,6 +107,7 @@ class Episode:
             "opened_at": self.opened_at,
             "last_anomalous_at": self.last_anomalous_at,
             "closed_at": closed_at,
+            "closed_by": closed_by,  # close events: "quiet", "idle" or "regime_change"
             "peak_error": self.peak_error,
             "peak_ratio": self.peak_ratio,
             "windows": self.windows,
@@ -186,9 +190,12 @@ class AlarmTracker:
             return []
         notice_id = hashlib.sha256(f"regime\x00{model_version}\x00{at!r}".encode()).hexdigest()[:20]
         self._regime = {"notice_id": notice_id, "opened_at": at, "model_version": model_version}
-        for episode in self._open.values():  # what is open now is covered by the notice too
+        events = [self._notice("open", at)]
+        for sensor, episode in list(self._open.items()):  # what is open now is covered by the notice too
             episode.suspected_regime_change = True
-        return [self._notice("open", at)]
+            if self.regime_policy == "suppress":  # resolved by the notice; a sensor that stands out re-opens
+                events.append(self._open.pop(sensor).event("close", at, closed_at=at, closed_by="regime_change"))
+        return events
 
     def regime_settled(self, at: float) -> list[dict[str, Any]]:
         """The model was replaced (retrained on the new regime): close the notice, if one is open."""
@@ -278,12 +285,14 @@ class AlarmTracker:
                 if episode.peak_ratio >= 1.5 * episode.reported_ratio:
                     events.append(episode.event("update", ts))
             elif episode is not None and ts - episode.last_anomalous_at >= self.quiet_s:
-                events.append(self._open.pop(sensor).event("close", ts, closed_at=ts))
+                events.append(self._open.pop(sensor).event("close", ts, closed_at=ts, closed_by="quiet"))
         return events
 
     def close(self, sensor_ids: Sequence[str], at: float) -> list[dict[str, Any]]:
         """Close the episodes of ``sensor_ids`` (e.g. sensors gone idle); return their close events."""
-        return [self._open.pop(s).event("close", at, closed_at=at) for s in sensor_ids if s in self._open]
+        return [
+            self._open.pop(s).event("close", at, closed_at=at, closed_by="idle") for s in sensor_ids if s in self._open
+        ]
 
     def _top(self, channel_error: np.ndarray) -> list[str]:
         order = np.argsort(-np.asarray(channel_error, dtype=np.float64), kind="stable")[: self.top_channels]

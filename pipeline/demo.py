@@ -83,6 +83,10 @@ class DemoSummary:
     false_fleet_drifts: int  # fleet-wide detections before the injected drift
     versions: list[tuple[str, pd.Timestamp, int]]  # version, first window end, windows scored
     retraining: list[str]
+    alarm_episodes_after_drift: int  # alarms sent between the drift and the first post-drift model
+    alarm_minutes_after_drift: float  # plant minutes of open (sent) alarms over the same span
+    post_drift_recall: float | None  # injected anomalies after the drift with an alarm sent for them
+    suppressed_after_drift: int  # alarms kept off the alerts (regime change) over the same span
     report: Path
     error_log: Path
 
@@ -107,6 +111,9 @@ class DemoSummary:
             f"{pct(self.far_after_swap)} after it with models retrained on the new regime",
             f"drift                  injected at {self.drift_at:%H:%M:%S}, detected at {detected}; "
             f"{self.false_fleet_drifts} fleet-wide false alarm(s) before it",
+            f"alarms after the drift {self.alarm_episodes_after_drift} sent, {self.alarm_minutes_after_drift:.1f} "
+            f"alarm-minutes until the first retrained model ({self.suppressed_after_drift} suppressed as regime "
+            f"change); recall of injected anomalies after the drift {pct(self.post_drift_recall)}",
             "model versions         "
             + ", ".join(f"{v} from {t:%H:%M:%S} ({n:,} windows)" for v, t, n in self.versions),
             *(f"retraining             {line}" for line in self.retraining or ["no run"]),
@@ -382,4 +389,50 @@ def _summarise(
         ],
         report=report,
         error_log=cfg.error_log_dir,
+        **_alarms_after_drift(cfg, fleet, log_frame, drift_at, post_drift_models, window),
     )
+
+
+def _alarms_after_drift(
+    cfg: DriftlineConfig,
+    fleet: pd.DataFrame,
+    log_frame: pd.DataFrame,
+    drift_at: pd.Timestamp,
+    post_drift_models: set[str],
+    window: int,
+) -> dict[str, Any]:
+    """What an operator received between the drift and the first retrained model, from the alarms table."""
+    root = cfg.error_log_dir / "alarms"
+    events = pd.read_parquet(root) if root.exists() else pd.DataFrame(columns=["event", "alarm_id", "suppressed"])
+    served = log_frame.loc[log_frame["model_version"].isin(post_drift_models), "window_end"]
+    span_end = served.min() if len(served) else log_frame["window_end"].max()
+    stream_end = log_frame["window_end"].max()
+    sent = events[~events["suppressed"].astype(bool)] if len(events) else events
+    opened = sent[sent["event"] == "open"].drop_duplicates("alarm_id")
+    closed = sent[sent["event"] == "close"].drop_duplicates("alarm_id").set_index("alarm_id")["at"]
+    minutes, episodes = 0.0, 0
+    for alarm, at in zip(opened["alarm_id"], opened["at"], strict=True):
+        end = closed.get(alarm, stream_end)
+        overlap = (min(end, span_end) - max(at, drift_at)).total_seconds()
+        if overlap > 0 or drift_at <= at < span_end:
+            minutes += max(overlap, 0.0) / 60
+            episodes += int(drift_at <= at < span_end)
+    suppressed = events[events["suppressed"].astype(bool) & (events["event"] == "open")] if len(events) else events
+    suppressed_count = int(((suppressed["at"] >= drift_at) & (suppressed["at"] < span_end)).sum()) if len(events) else 0
+    injected = caught = 0
+    for sensor, readings in fleet.groupby("sensor_id"):
+        labels = readings["anomaly"].to_numpy()
+        times = readings["timestamp"].to_numpy()
+        starts = opened.loc[opened["sensor_id"] == sensor, "at"]
+        for start, stop in anomaly_episodes(labels):
+            if times[start] < drift_at:
+                continue
+            injected += 1
+            end = times[min(stop + window, len(times)) - 1]
+            caught += bool(((starts >= times[start]) & (starts <= end)).any())
+    return {
+        "alarm_episodes_after_drift": episodes,
+        "alarm_minutes_after_drift": minutes,
+        "post_drift_recall": caught / injected if injected else None,
+        "suppressed_after_drift": suppressed_count,
+    }

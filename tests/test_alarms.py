@@ -150,3 +150,13 @@ def test_policies_notify_and_alarm() -> None:
     assert alarm.fleet_drift(at=100.0, model_version="v1") == []
     events = feed_all(alarm, fleet_batch(5, {}, at=101.0))
     assert not any(e["suspected_regime_change"] or e["suppressed"] for e in events)
+
+
+def test_alarms_open_when_the_notice_opens_are_closed_by_it() -> None:
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
+    opened = feed_all(tracker, fleet_batch(4, {}, at=100.0))
+    events = tracker.fleet_drift(at=101.0, model_version="v1")
+    assert [e["event"] for e in events] == ["open"] + ["close"] * 4
+    assert {e["alarm_id"] for e in events[1:]} == {e["alarm_id"] for e in opened}
+    assert all(e["closed_by"] == "regime_change" for e in events[1:])
+    assert len(tracker) == 0

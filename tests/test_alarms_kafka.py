@@ -67,7 +67,8 @@ def alarm_config(tmp_path, kafka_broker, topic, registry_dir, **sections):  # ty
         topic,
         registry_dir,
         kafka={"alerts_topic": f"{topic}-alerts", **sections.pop("kafka", {})},
-        alarms={"quiet_s": QUIET_S},
+        # ids compared with the tracker over the error log, which sees no fleet drift: regime handling off
+        alarms={"quiet_s": QUIET_S, "regime_policy": "alarm"},
         **sections,
     )
 
