@@ -14,14 +14,19 @@ Delivery guarantees, with a Kafka consumer group and manual commits:
   window state because it needs no shared disk between consumers and the broker already holds the
   readings; its cost is re-reading at most one window per sensor (bounded by the idle TTL).
 
-**Two stages** (``LoopSettings.pipelined``, on by default). The consumer thread polls, decodes and
-assembles windows; one scorer thread scores them, updates drift and buffers the error-log rows, in
-submission order. So the next batch is decoded while the model runs (PyTorch releases the GIL).
+**Stages** (``LoopSettings.pipelined``, on by default). The consumer thread polls, decodes the batch
+column-wise (:class:`pipeline.messages.BatchDecoder`) and appends it to the per-sensor window rings
+(:meth:`pipeline.windows.WindowAssembler.add_batch`); ``model_threads`` threads run the model on
+several micro-batches at once (PyTorch releases the GIL); one scorer thread then judges each batch
+(thresholds, k-of-n), updates drift and alarms and buffers the error-log rows, in submission order.
+A batch handed over after :meth:`ScoringLoop.swap_model` is scored on the new model.
 Kafka's consumer is not thread-safe, so every poll, seek and commit stays on the consumer thread:
 a checkpoint snapshots the offsets there, the scorer thread makes everything before it durable in
-order, and the consumer thread commits that snapshot once it is done. A model swap is queued the same
-way, so it lands exactly between two micro-batches. Revocation and shutdown wait for the scorer to
-drain before committing. With ``pipelined=False`` everything runs on the calling thread.
+order (and adds the open alarms to the commit metadata), and the consumer thread commits that
+snapshot once it is done. A model swap is queued the same way, so it lands exactly between two
+micro-batches. Revocation and shutdown wait for the scorer to drain before committing. With
+``pipelined=False`` everything runs on the calling thread. Each stage's thread CPU is counted
+(:mod:`pipeline.stage_clock`).
 
 Signals only ask the loop to stop (:meth:`ScoringLoop.request_stop`); it finishes the batch, flushes,
 commits and closes. ``run(max_messages=..., timeout_s=..., idle_timeout_s=...)`` bounds it for tests.
