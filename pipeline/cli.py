@@ -913,7 +913,7 @@ def simulate(
 )
 @pass_app
 def query(app: _AppContext, sql: str, output_format: str, out_path: Path | None, log_dir: Path | None) -> None:
-    """Run SQL (DuckDB) over the logs; views: errors, drift_events, retraining.
+    """Run SQL (DuckDB) over the logs; views: errors, drift_events, retraining, alarms.
 
     \b
     driftline query "SELECT sensor_id, count(*) FILTER (anomaly) AS anomalies FROM errors GROUP BY 1"
@@ -927,7 +927,9 @@ def query(app: _AppContext, sql: str, output_format: str, out_path: Path | None,
         frame = run_query(log_dir or app.config.error_log_dir, sql)
         text = write_result(frame, output_format, out_path)  # type: ignore[arg-type]
     except (duckdb.Error, ValueError) as error:
-        raise click.ClickException(f"{error}\n(views: errors, drift_events, retraining; see docs/schemas.md)") from None
+        raise click.ClickException(
+            f"{error}\n(views: errors, drift_events, retraining, alarms; see docs/schemas.md)"
+        ) from None
     if text is not None:
         click.echo(text.rstrip("\n"))
     else:

@@ -1,4 +1,4 @@
-"""SQL over the Parquet logs: DuckDB with ``errors``, ``drift_events`` and ``retraining`` pre-registered.
+"""SQL over the Parquet logs: DuckDB with ``errors``, ``drift_events``, ``retraining`` and ``alarms`` views.
 
 Each view reads every Parquet part under ``<error_log_dir>/<table>/date=.../`` with Hive partitioning
 (so ``date`` is a column) and ``union_by_name``: parts written by an older schema version simply have
@@ -19,7 +19,7 @@ from typing import Literal
 import duckdb
 import pandas as pd
 
-TABLES = ("errors", "drift_events", "retraining")
+TABLES = ("errors", "drift_events", "retraining", "alarms")
 
 # columns every version of each table has had, for the empty views (see docs/schemas.md)
 _EMPTY_COLUMNS = {
@@ -66,6 +66,28 @@ _EMPTY_COLUMNS = {
         "threshold_before": "DOUBLE",
         "threshold_after": "DOUBLE",
         "seconds": "DOUBLE",
+        "date": "DATE",
+    },
+    "alarms": {
+        "at": "TIMESTAMPTZ",
+        "event": "VARCHAR",
+        "alarm_id": "VARCHAR",
+        "sensor_id": "VARCHAR",
+        "severity": "VARCHAR",
+        "opened_at": "TIMESTAMPTZ",
+        "last_anomalous_at": "TIMESTAMPTZ",
+        "closed_at": "TIMESTAMPTZ",
+        "closed_by": "VARCHAR",
+        "peak_error": "DOUBLE",
+        "peak_ratio": "DOUBLE",
+        "windows": "BIGINT",
+        "top_channels": "VARCHAR[]",
+        "model_version": "VARCHAR",
+        "source_topic": "VARCHAR",
+        "source_partition": "INTEGER",
+        "source_offset": "BIGINT",
+        "suspected_regime_change": "BOOLEAN",
+        "suppressed": "BOOLEAN",
         "date": "DATE",
     },
 }

@@ -26,6 +26,7 @@ from test_serve_kafka import (
 
 from pipeline.alarms import AlarmTracker
 from pipeline.config import load_config
+from pipeline.query import run_query
 from pipeline.service import serve
 
 pytestmark = pytest.mark.kafka
@@ -99,6 +100,8 @@ def test_each_alarm_is_one_open_and_one_close_on_the_alerts_topic(kafka_broker, 
     assert covered >= len(labelled) - 1, f"{covered} of {len(labelled)} labelled anomalies alarmed"
     alarms_table = pd.read_parquet(config.error_log_dir / "alarms")
     assert set(alarms_table["alarm_id"]) == set(by_id)
+    counted = run_query(config.error_log_dir, "SELECT count(DISTINCT alarm_id) AS n FROM alarms WHERE event = 'open'")
+    assert counted["n"].iloc[0] == len(by_id)  # the analysts' view of the same table
 
 
 def test_after_kill_9_and_a_restart_alarms_keep_their_ids(kafka_broker, registry_dir, fleet, tmp_path):

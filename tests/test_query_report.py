@@ -102,7 +102,7 @@ def test_older_parts_without_a_newer_column_read_as_null(logs: Path, tmp_path: P
 
 
 def test_empty_log_folder_gives_empty_views(tmp_path: Path) -> None:
-    for table in ("errors", "drift_events", "retraining"):
+    for table in ("errors", "drift_events", "retraining", "alarms"):
         assert run_query(tmp_path, f"SELECT count(*) AS n FROM {table}")["n"].iloc[0] == 0
 
 
@@ -122,7 +122,7 @@ def test_query_cli_prints_a_table_and_writes_csv_and_parquet(logs: Path, tmp_pat
     assert write_result(pd.DataFrame({"a": [1]}), "csv") == "a\n1\n"
     bad = runner.invoke(cli, ["query", "SELECT nope FROM errors", "--log-dir", str(logs / "error_log")])
     assert bad.exit_code != 0
-    assert "views: errors, drift_events, retraining" in bad.output
+    assert "views: errors, drift_events, retraining, alarms" in bad.output
 
 
 def _not_blank(png: Path) -> bool:
