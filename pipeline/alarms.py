@@ -48,6 +48,7 @@ plants where that risk is not acceptable.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -57,8 +58,10 @@ import numpy as np
 ALARM_SCHEMA = 1
 RegimePolicy = Literal["notify", "suppress", "alarm"]
 REGIME_POLICIES: tuple[str, ...] = ("notify", "suppress", "alarm")
-#: Open alarms carried per partition in a commit's metadata (Kafka allows 4 KB of metadata by default).
+#: Open alarms carried per partition in a commit's metadata, and the bytes they may take there (Kafka's
+#: ``offset.metadata.max.bytes`` is 4,096 by default; the rewind point needs the rest).
 MAX_CARRIED_PER_PARTITION = 10
+MAX_CARRIED_BYTES = 3_000
 
 
 def alarm_id(sensor_id: str, topic: str, partition: int, offset: int) -> str:
@@ -301,15 +304,21 @@ class AlarmTracker:
     def snapshot(self) -> dict[tuple[str, int], dict[str, list[Any]]]:
         """Open episodes by the partition of their first window (for that partition's commit metadata).
 
-        At most :data:`MAX_CARRIED_PER_PARTITION` per partition, the most recently flagged first: an
-        alarm left out is raised again after a restart, under a new id (never lost).
+        At most :data:`MAX_CARRIED_PER_PARTITION` per partition in :data:`MAX_CARRIED_BYTES` of JSON,
+        the most recently flagged first: an alarm left out is raised again after a restart, under a new
+        id (never lost).
         """
         out: dict[tuple[str, int], dict[str, list[Any]]] = {}
+        size: dict[tuple[str, int], int] = {}
         for episode in sorted(self._open.values(), key=lambda e: e.last_anomalous_at, reverse=True):
-            carried = out.setdefault((episode.source["topic"], episode.source["partition"]), {})
-            if len(carried) < MAX_CARRIED_PER_PARTITION:
-                carried[episode.sensor_id] = episode.carried()
-        return out
+            tp = (episode.source["topic"], episode.source["partition"])
+            carried = out.setdefault(tp, {})
+            entry = episode.carried()
+            cost = len(json.dumps({episode.sensor_id: entry})) + 2
+            if len(carried) < MAX_CARRIED_PER_PARTITION and size.get(tp, 0) + cost <= MAX_CARRIED_BYTES:
+                carried[episode.sensor_id] = entry
+                size[tp] = size.get(tp, 0) + cost
+        return {tp: carried for tp, carried in out.items() if carried}
 
     def restore(self, topic: str, partition: int, carried: object) -> int:
         """Take over the open episodes a commit of ``topic``-``partition`` carried; return how many."""

@@ -160,3 +160,26 @@ def test_alarms_open_when_the_notice_opens_are_closed_by_it() -> None:
     assert {e["alarm_id"] for e in events[1:]} == {e["alarm_id"] for e in opened}
     assert all(e["closed_by"] == "regime_change" for e in events[1:])
     assert len(tracker) == 0
+
+
+def test_what_a_commit_carries_fits_kafkas_metadata_limit() -> None:
+    import json
+
+    channels = tuple(f"channel-with-a-rather-long-name-{i:02d}" for i in range(8))
+    tracker = AlarmTracker(quiet_s=10.0, channels=channels, top_channels=8)
+    sensors = [f"sensor-{'x' * 100}-{i:03d}" for i in range(40)]
+    tracker.update(
+        sensors,
+        np.zeros(40),
+        np.ones(40, bool),
+        np.full(40, 2.0),
+        np.ones(40),
+        np.ones((40, 8)),
+        "v000001",
+        ["t"] * 40,
+        np.zeros(40, int),
+        np.arange(40),
+    )
+    (carried,) = tracker.snapshot().values()
+    assert 0 < len(carried) <= 10
+    assert len(json.dumps({"v": 1, "rewind_offset": 10**12, "alarms": carried})) < 4096

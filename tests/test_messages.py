@@ -195,3 +195,16 @@ def test_a_batch_decodes_exactly_as_message_by_message(messages: list[tuple[byte
         ] == readings
         rejections = [(i, r.code, r.reason) for i, d in enumerate(expected) for r in d.rejections]
         assert sorted((i, r.code, r.reason) for i, r in batch.rejections) == sorted(rejections)
+
+
+def test_a_failing_fast_path_falls_back_to_message_by_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = BatchDecoder(CHANNELS)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug in the fast path")
+
+    monkeypatch.setattr(decoder, "_decode", broken)
+    raw = encode_readings([{"sensor_id": "p", "ts": 1e9, "values": {"flow": 1, "pressure": 2}}])
+    batch = decoder.decode([(raw, None), (b"{", None)])
+    assert batch.sensor_id == ["p"]
+    assert [(i, r.code) for i, r in batch.rejections] == [(1, "invalid_json")]
