@@ -267,7 +267,7 @@ class AlarmTracker:
                     )
                     if self._regime is not None:
                         episode.suspected_regime_change = True
-                        episode.suppressed = self.regime_policy == "suppress" and ratio[i] < standout_level
+                        episode.suppressed = bool(self.regime_policy == "suppress" and ratio[i] < standout_level)
                     events.append(episode.event("open", ts))
                     continue
                 if episode.suppressed and ratio[i] >= standout_level:  # it stands out now: alarm it

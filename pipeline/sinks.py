@@ -459,7 +459,8 @@ class KafkaEventPublisher:
         self.key = key  # the event field used as message key, if any
 
     def publish(self, event: dict[str, Any]) -> None:
-        key = str(event[self.key]).encode() if self.key is not None else None
+        value = event.get(self.key) if self.key is not None else None
+        key = str(value).encode() if value is not None else None  # a regime-change notice has no sensor
         self.producer.send(self.topic, key=key, value=json.dumps(event, default=str).encode())
 
     def flush(self) -> None:

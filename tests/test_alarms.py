@@ -183,3 +183,13 @@ def test_what_a_commit_carries_fits_kafkas_metadata_limit() -> None:
     (carried,) = tracker.snapshot().values()
     assert 0 < len(carried) <= 10
     assert len(json.dumps({"v": 1, "rewind_offset": 10**12, "alarms": carried})) < 4096
+
+
+def test_events_and_carried_state_are_plain_json() -> None:
+    import json
+
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
+    events = tracker.fleet_drift(at=100.0, model_version="v1")
+    events += feed_all(tracker, fleet_batch(6, {"s2": 30.0}, at=101.0))
+    json.dumps(events)  # numpy scalars would raise here (the alerts topic and the commit metadata are JSON)
+    json.dumps({f"{t}-{p}": c for (t, p), c in tracker.snapshot().items()})

@@ -124,3 +124,20 @@ def test_atomic_file_replaces_all_or_nothing_and_leaves_no_temporary(tmp_path: P
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["CURRENT.json"]
     assert target.stat().st_mode & 0o044, "readable by others as a plain open() would make it (umask permitting)"
+
+
+def test_events_without_the_key_field_are_published_unkeyed() -> None:
+    from pipeline.sinks import KafkaEventPublisher
+
+    class Producer:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, bytes | None]] = []
+
+        def send(self, topic: str, key: bytes | None = None, value: bytes = b"") -> None:
+            self.sent.append((topic, key))
+
+    producer = Producer()
+    publisher = KafkaEventPublisher(producer, "alerts", key="sensor_id")
+    publisher.publish({"type": "alarm", "sensor_id": "p7"})
+    publisher.publish({"type": "regime_change", "notice_id": "n1"})  # fleet-wide: no sensor
+    assert producer.sent == [("alerts", b"p7"), ("alerts", None)]
