@@ -28,6 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from scipy import stats
 
+from models.grouping import runs_by_key
+
 
 @dataclass(frozen=True)
 class Threshold:
@@ -302,11 +304,8 @@ class StreamingAlarm:
             self._recent.update(zip(keys, ((hit,) for hit in hits.tolist()), strict=True))
             return hits.copy()
         out = np.empty(len(keys), dtype=bool)
-        index: dict[str, int] = {}
-        codes = np.fromiter((index.setdefault(key, len(index)) for key in keys), dtype=np.int64, count=len(keys))
-        order = np.argsort(codes, kind="stable")
-        for run in np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(keys) else []:
-            key = keys[run[0]]
+        names, _, runs = runs_by_key(keys)
+        for key, run in zip(names, runs, strict=True):
             before = self._recent.get(key, ())[-(alarm.n - 1) :]
             sequence = np.concatenate([np.array(before, dtype=bool), hits[run]])
             counts = np.convolve(sequence.astype(np.int64), np.ones(alarm.n, dtype=np.int64))[: sequence.size]

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.grouping import runs_by_key
+
 Position = tuple[str, int, int]  # topic, partition, offset
 TopicPartitionKey = tuple[str, int]
 
@@ -460,17 +462,10 @@ class WindowAssembler:
         emit = _Emitted()
         if n == 0:
             return WindowBatch.empty(self.length, channels)
-        index: dict[str, int] = {}
-        codes = np.fromiter((index.setdefault(s, len(index)) for s in sensor_ids), dtype=np.int64, count=n)
-        names = list(index)
+        names, codes, runs = runs_by_key(sensor_ids)
         topic_codes = np.fromiter((self._topic(t) for t in topics), dtype=np.float64, count=n)
         ts = np.asarray(ts, dtype=np.float64)
         meta = np.column_stack([ts, topic_codes, np.asarray(partitions, np.float64), np.asarray(offsets, np.float64)])
-        if len(names) == 1:
-            runs = [np.arange(n)]
-        else:
-            order = np.argsort(codes, kind="stable")
-            runs = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
         for run in runs:
             code = int(codes[run[0]])
             if len(run) < _MIN_BULK_RUN or not self._bulk(

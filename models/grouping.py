@@ -1,0 +1,24 @@
+"""Rows of a batch grouped by key (a sensor id), without a Python object per row.
+
+>>> names, codes, runs = runs_by_key(["b", "a", "b"])
+>>> names, codes.tolist(), [run.tolist() for run in runs]
+(['b', 'a'], [0, 1, 0], [[0, 2], [1]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def runs_by_key(keys: Sequence[str]) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+    """The distinct keys in the order they first appear, each row's index into them, and per key the
+    indices of its rows in arrival order (one array per key, in the order of the first list)."""
+    index: dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(key, len(index)) for key in keys), dtype=np.int64, count=len(keys))
+    names = list(index)
+    if len(names) <= 1:
+        return names, codes, [np.arange(len(keys))] if names else []
+    order = np.argsort(codes, kind="stable")
+    return names, codes, np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
