@@ -208,21 +208,45 @@ def drift_events_schema() -> pa.Schema:
     return pa.schema(fields, metadata=metadata)
 
 
-class DriftEventSink:
-    """Drift events as small Parquet parts (events are rare), written at each flush."""
+class _EventPartSink:
+    """Events (rare) buffered as dicts and written as one small Parquet part per flush, under
+    ``<root>/<folder>/date=<day of the first event>/<prefix>-<ms>-<random>.parquet``."""
+
+    folder = ""
+    prefix = ""
+    time_key = ""  # the event field (epoch seconds) whose day names the partition
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root) / "drift_events"
+        self.root = Path(root) / self.folder
         self._pending: list[dict[str, Any]] = []
 
     def append(self, events: Sequence[dict[str, Any]]) -> None:
         self._pending.extend(events)
 
+    def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        raise NotImplementedError
+
     def flush(self) -> Path | None:
+        """Write the pending events durably as one part; return it (None when there were none)."""
         if not self._pending:
             return None
         rows = self._pending
-        table = pa.table(
+        table = self._table(rows)
+        date = datetime.fromtimestamp(rows[0][self.time_key], UTC).strftime("%Y-%m-%d")
+        name = f"{self.prefix}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+        path = self.root / f"date={date}" / name
+        write_parquet_atomically(table, path)
+        self._pending = []
+        return path
+
+
+class DriftEventSink(_EventPartSink):
+    """Drift events as small Parquet parts (events are rare), written at each flush."""
+
+    folder, prefix, time_key = "drift_events", "events", "ts"
+
+    def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        return pa.table(
             {
                 "ts": _epoch_ms(np.array([e["ts"] for e in rows])),
                 "scope": [e["scope"] for e in rows],
@@ -234,11 +258,6 @@ class DriftEventSink:
             },
             schema=drift_events_schema(),
         )
-        date = datetime.fromtimestamp(rows[0]["ts"], UTC).strftime("%Y-%m-%d")
-        path = self.root / f"date={date}" / f"events-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
-        write_parquet_atomically(table, path)
-        self._pending = []
-        return path
 
 
 def alarms_schema() -> pa.Schema:
@@ -268,28 +287,19 @@ def alarms_schema() -> pa.Schema:
     return pa.schema(fields, metadata={"driftline.schema": "alarms", "driftline.schema_version": "1"})
 
 
-class AlarmEventSink:
+class AlarmEventSink(_EventPartSink):
     """Alarm events as small Parquet parts under ``alarms/``, written at each flush (before the commit)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root) / "alarms"
-        self._pending: list[dict[str, Any]] = []
+    folder, prefix, time_key = "alarms", "alarms", "at"
 
-    def append(self, events: Sequence[dict[str, Any]]) -> None:
-        self._pending.extend(events)
-
-    def flush(self) -> Path | None:
-        if not self._pending:
-            return None
-        rows = self._pending
-
+    def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
         def stamps(key: str) -> pa.Array:
             values = [r[key] for r in rows]
             return pa.array([None if v is None else round(v * 1000) for v in values], pa.int64()).cast(
                 pa.timestamp("ms", tz="UTC")
             )
 
-        table = pa.table(
+        return pa.table(
             {
                 "at": stamps("at"),
                 "event": [r["event"] for r in rows],
@@ -313,11 +323,6 @@ class AlarmEventSink:
             },
             schema=alarms_schema(),
         )
-        date = datetime.fromtimestamp(rows[0]["at"], UTC).strftime("%Y-%m-%d")
-        path = self.root / f"date={date}" / f"alarms-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
-        write_parquet_atomically(table, path)
-        self._pending = []
-        return path
 
 
 # A dead letter must fit the producer's max_request_size (1 MiB by default) after base64 (x 4/3):
