@@ -46,36 +46,33 @@ def _iso(seconds: float) -> str:
 def to_alert(event: dict[str, Any], now: float) -> dict[str, Any]:
     """The Alertmanager v2 alert for an alarm event or a regime-change notice (see :mod:`pipeline.alarms`)."""
     if event.get("type") == "regime_change":
-        notice: dict[str, Any] = {
-            "labels": {"alertname": REGIME_ALERT_NAME, "notice_id": event["notice_id"], "severity": "warning"},
-            "annotations": {
-                "summary": "fleet-wide drift: most likely a new operating regime (a plant-wide fault looks the same)",
-                "policy": event["policy"],
-                "alarms_covered": str(event["alarms_covered"]),
-                "model_version": event["model_version"],
-            },
-            "startsAt": _iso(min(event["opened_at"], now)),
+        labels = {"alertname": REGIME_ALERT_NAME, "notice_id": event["notice_id"], "severity": "warning"}
+        annotations = {
+            "summary": "fleet-wide drift: most likely a new operating regime (a plant-wide fault looks the same)",
+            "policy": event["policy"],
+            "alarms_covered": str(event["alarms_covered"]),
+            "model_version": event["model_version"],
         }
-        if event["event"] == "close":
-            notice["endsAt"] = _iso(now)
-        return notice
-    alert: dict[str, Any] = {
-        "labels": {
+    else:
+        labels = {
             "alertname": ALERT_NAME,
             "alarm_id": event["alarm_id"],
             "sensor_id": event["sensor_id"],
             "severity": event["severity"],
-        },
-        "annotations": {
+        }
+        annotations = {
             "summary": f"sensor {event['sensor_id']}: anomaly, {event['peak_ratio']:.1f}x its threshold",
             "top_channels": ", ".join(event["top_channels"]),
             "peak_error": f"{event['peak_error']:.4g}",
             "windows": str(event["windows"]),
             "model_version": event["model_version"],
-        },
+        }
+    alert: dict[str, Any] = {
+        "labels": labels,
+        "annotations": annotations,
         "startsAt": _iso(min(event["opened_at"], now)),
     }
-    if event["event"] == "close":
+    if event["event"] == "close":  # an end in the past resolves it
         alert["endsAt"] = _iso(now)
     return alert
 

@@ -4,7 +4,6 @@ and after kill -9 and a restart the same ids and no alarm that an uninterrupted 
 from __future__ import annotations
 
 import json
-import signal
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ from test_serve_kafka import (
     SMALL_BATCHES,
     assert_exactly_once,
     fleet,
+    kill_9_mid_stream,
     make_topic,
     read_log,
     registry_dir,
@@ -110,10 +110,7 @@ def test_after_kill_9_and_a_restart_alarms_keep_their_ids(kafka_broker, registry
     send(kafka_broker.bootstrap_servers, topic, fleet)
     data_dir = tmp_path / "data"
 
-    first = spawn_serve(config_path, "--idle-timeout", "10")
-    wait_for_parts(data_dir, 12, first)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    kill_9_mid_stream(config_path, data_dir, 12)
     second = spawn_serve(config_path, "--idle-timeout", "5")
     output, _ = second.communicate(timeout=180)
     assert second.returncode == 0, output

@@ -159,6 +159,14 @@ def spawn_serve(config_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def kill_9_mid_stream(config_path: Path, data_dir: Path, parts: int) -> None:
+    """Start serve, let it write ``parts`` error-log parts, then kill -9 it."""
+    first = spawn_serve(config_path, "--idle-timeout", "10")
+    wait_for_parts(data_dir, parts, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+
 def test_end_to_end_simulated_fleet_is_scored_and_anomalies_flagged(
     kafka_broker, registry_dir, fleet, tmp_path
 ) -> None:
@@ -194,10 +202,7 @@ def test_kill_9_mid_stream_then_restart_scores_every_window_exactly_once(kafka_b
     send(kafka_broker.bootstrap_servers, topic, fleet)
     data_dir = tmp_path / "data"
 
-    first = spawn_serve(config_path, "--idle-timeout", "10")
-    wait_for_parts(data_dir, 4, first)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    kill_9_mid_stream(config_path, data_dir, 4)
     scored_before = len(read_log(data_dir))
     assert 0 < scored_before < len(expected_windows(fleet)), "the kill must land mid-stream"
 
