@@ -98,13 +98,31 @@ def _batches(data: torch.Tensor, batch_size: int, generator: torch.Generator | N
     return [data[order[i : i + batch_size]] for i in range(0, len(data), batch_size)]
 
 
-def _mean_loss(model: nn.Module, data: torch.Tensor, batch_size: int) -> float:
+def _loss_steps(model: nn.Module, config: TrainingConfig) -> int | None:
+    """How many of each window's last readings the loss covers (None: all of them)."""
+    if config.loss_steps == "window":
+        return None
+    steps: int | None = getattr(getattr(model, "config", None), "score_steps", None)
+    return steps
+
+
+def _reconstruction_loss(
+    reconstruction: torch.Tensor, target: torch.Tensor, steps: int | None, reduction: str = "mean"
+) -> torch.Tensor:
+    """MSE over the last ``steps`` readings of each window (all when None)."""
+    if steps is not None:
+        reconstruction, target = reconstruction[:, -steps:], target[:, -steps:]
+    return nn.functional.mse_loss(reconstruction, target, reduction=reduction)
+
+
+def _mean_loss(model: nn.Module, data: torch.Tensor, batch_size: int, steps: int | None = None) -> float:
     model.eval()
     total = 0.0
     with torch.no_grad():
         for batch in _batches(data, batch_size, None):
-            total += float(nn.functional.mse_loss(model(batch), batch, reduction="sum"))
-    return total / data.numel()
+            total += float(_reconstruction_loss(model(batch), batch, steps, reduction="sum"))
+    covered = data.numel() if steps is None else data[:, -steps:].numel()
+    return total / max(covered, 1)
 
 
 def _teacher_reconstructions(
@@ -172,6 +190,7 @@ def train_autoencoder(
     started = time.perf_counter()
     epochs = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not config.progress)
     stale = 0
+    steps = _loss_steps(model, config)
     for epoch in epochs:
         model.train()
         train_loss, seen = 0.0, 0
@@ -182,7 +201,7 @@ def train_autoencoder(
                 noise = torch.randn(batch.shape, generator=generator).to(batch.device)
                 inputs = batch + config.input_noise * noise
             with torch.autocast(device_type=device.type, enabled=use_amp):
-                loss = nn.functional.mse_loss(model(inputs), batch)
+                loss = _reconstruction_loss(model(inputs), batch, steps)
                 if teacher is not None:
                     loss = loss + _distillation_loss(model, teacher, len(batch), generator)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
@@ -196,7 +215,7 @@ def train_autoencoder(
             result.history.append({"epoch": epoch, "train_loss": train_loss / seen, "val_loss": float("nan")})
             result.best_epoch = epoch
             continue
-        val_loss = _mean_loss(model, val, config.batch_size * 4)
+        val_loss = _mean_loss(model, val, config.batch_size * 4, steps)
         scheduler.step(val_loss)
         lr = optimizer.param_groups[0]["lr"]
         result.history.append({"epoch": epoch, "train_loss": train_loss / seen, "val_loss": val_loss, "lr": lr})

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,13 @@ class TrainingConfig:
     # denoising: Gaussian noise of this standard deviation (in scaled units) is added to the inputs while
     # training, the target stays the clean window, so the network cannot learn the identity map
     input_noise: float = 0.0
+    # the loss: "window" (every reading of each window) or "scored" (only the last ``score_steps``
+    # readings of the network's config, the ones a window's error is computed from)
+    loss_steps: Literal["window", "scored"] = "window"
+
+    def __post_init__(self) -> None:
+        if self.loss_steps not in ("window", "scored"):
+            raise ValueError(f"TrainingConfig.loss_steps must be 'window' or 'scored', got {self.loss_steps!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

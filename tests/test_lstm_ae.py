@@ -82,6 +82,22 @@ def test_distillation_keeps_the_reconstructions_of_old_windows_while_fine_tuning
     assert errors["distilled"] < 3 * before, (errors, before)
 
 
+@pytest.mark.parametrize("loss_steps", ["window", "scored"])
+def test_the_loss_covers_the_scored_readings_when_asked(loss_steps: str) -> None:
+    windows = np.random.default_rng(2).normal(size=(90, 10, 2)).astype(np.float32)
+    train, val = windows[:60], windows[70:]
+    model = LSTMAutoencoder(LSTMAEConfig(n_channels=2, window=10, hidden_size=8, latent_size=2, score_steps=3))
+    result = train_autoencoder(model, train, TrainingConfig(epochs=3, loss_steps=loss_steps, progress=False), val)
+    with torch.no_grad():
+        squared = (model(torch.as_tensor(val)) - torch.as_tensor(val)).pow(2)
+    whole, last = float(squared.mean()), float(squared[:, -3:].mean())
+    # early stopping judged the restored weights by exactly the readings the loss covered
+    assert result.best_val_loss == pytest.approx(last if loss_steps == "scored" else whole, rel=1e-5)
+    assert abs(whole - last) > 1e-3  # the two losses differ, so the check above tells them apart
+    with pytest.raises(ValueError, match="loss_steps"):
+        TrainingConfig(loss_steps="last")
+
+
 def test_time_split_keeps_validation_after_training_without_overlap() -> None:
     windows = np.arange(100 * 5 * 1, dtype=np.float32).reshape(100, 5, 1)
     train, val = split_in_time(windows, 0.2)
