@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.ensemble import Ensemble
+from benchmarks.skab import CHANNELS as SKAB_CHANNELS
 from benchmarks.tep import load_tep
 from benchmarks.untuned import DetectorSettings
-from models.skab import CHANNELS as SKAB_CHANNELS
 from models.threshold import RecentLevelJudge, TargetFarRule
 from pipeline.simulator import FleetSpec, simulate_fleet
 

@@ -1,4 +1,4 @@
-"""Rows of a batch grouped by key (a sensor id), without a Python object per row.
+"""Rows of a batch grouped by key (a sensor id), without a Python object per row; runs of flags.
 
 >>> names, codes, runs = runs_by_key(["b", "a", "b"])
 >>> names, codes.tolist(), [run.tolist() for run in runs]
@@ -22,3 +22,14 @@ def runs_by_key(keys: Sequence[str]) -> tuple[list[str], np.ndarray, list[np.nda
         return names, codes, [np.arange(len(keys))] if names else []
     order = np.argsort(codes, kind="stable")
     return names, codes, np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+
+
+def anomaly_episodes(labels: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) row intervals where ``labels`` is 1.
+
+    >>> anomaly_episodes(np.array([0, 1, 1, 0, 1]))
+    [(1, 3), (4, 5)]
+    """
+    padded = np.concatenate([[0], np.asarray(labels, dtype=np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]

@@ -425,7 +425,7 @@ def benchmark_skab(
     never chosen on SKAB's experiment files. --params tuned: the earlier SKAB-specific setting (margin 2,
     thermal channels relative), chosen after looking at SKAB's test files: kept only for comparison.
     """
-    from models.skab import SkabParams, format_report, run_benchmark
+    from benchmarks.skab import SkabParams, format_report, run_benchmark
 
     root = data_dir or app.config.benchmarks.skab_dir
     if not root.is_dir():
@@ -494,8 +494,8 @@ def benchmark_throughput(
     """
     import os
 
+    from benchmarks.throughput import run_throughput
     from pipeline.local_kafka import LocalKafkaBroker, fetch_kafka_jars
-    from pipeline.throughput_benchmark import run_throughput
 
     config = app.config
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -677,7 +677,7 @@ def benchmark_drift(policies: tuple[str, ...], scenarios: tuple[str, ...], seeds
     """Drift scenario: detection delay, FAR/F1 before and after the hot-swap, forgetting, swap pause."""
     from tqdm.auto import tqdm
 
-    from jobs.drift_benchmark import POLICIES, SCENARIOS, format_results, headline, run_benchmark
+    from benchmarks.drift import POLICIES, SCENARIOS, format_results, headline, run_benchmark
 
     chosen = tuple(s for s in SCENARIOS if not scenarios or s.name in scenarios)
     policies = policies or POLICIES

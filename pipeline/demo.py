@@ -31,7 +31,7 @@ from jobs.replay import ReplayBuffer
 from jobs.retrain import RetrainDecision, normal_windows, retrain_once
 from jobs.scheduler import DRIFT_JOB, build_scheduler, request_drift_run
 from models.detector import AnomalyDetector
-from models.evaluation import anomaly_episodes
+from models.grouping import anomaly_episodes
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
 from pipeline.config import DriftlineConfig

@@ -27,8 +27,8 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from benchmarks.calibration import TUNING_ROWS, _fleet_segments
+from benchmarks.skab import CHANNELS
 from benchmarks.untuned import DetectorSettings
-from models.skab import CHANNELS
 from pipeline.config import load_config
 from pipeline.simulator import FleetSpec, simulate_fleet
 

@@ -18,7 +18,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import CoordinatorNotAvailableError
 
 from models.detector import AnomalyDetector
-from models.evaluation import anomaly_episodes
+from models.grouping import anomaly_episodes
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
 from pipeline.config import load_config

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.skab import TRAIN_ROWS, Experiment, ExperimentResult, miss_breakdown
+from benchmarks.skab import TRAIN_ROWS, Experiment, ExperimentResult, miss_breakdown
 
 
 def experiment(name: str, labels: np.ndarray, flags: np.ndarray) -> tuple[Experiment, ExperimentResult]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from models.grouping import anomaly_episodes as anomaly_episodes  # re-exported: the harnesses use it
+
 # NAB profiles as (A_tp, A_fp, A_fn), SKAB's table of coefficients.
 NAB_PROFILES: dict[str, tuple[float, float, float]] = {
     "standard": (1.0, -0.11, -1.0),
@@ -45,17 +47,6 @@ class PointMetrics:
     def mar(self) -> float:
         """Missing alarm rate FN / (FN + TP), in %."""
         return 100.0 * self.fn / (self.fn + self.tp) if self.fn + self.tp else 0.0
-
-
-def anomaly_episodes(labels: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) row intervals where ``labels`` is 1.
-
-    >>> anomaly_episodes(np.array([0, 1, 1, 0, 1]))
-    [(1, 3), (4, 5)]
-    """
-    padded = np.concatenate([[0], np.asarray(labels, dtype=np.int8), [0]])
-    edges = np.flatnonzero(np.diff(padded))
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def point_metrics(truth: np.ndarray, predicted: np.ndarray) -> PointMetrics:
