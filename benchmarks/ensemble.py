@@ -12,7 +12,9 @@ calibration`` and ``benchmark skab --judge ensemble``; nothing here is tuned.
 >>> normal = rng.normal(size=(600, 3))
 >>> from benchmarks.untuned import DetectorSettings
 >>> from models.training import TrainingConfig
->>> settings = DetectorSettings(8, 8, 2, 0.01, TrainingConfig(epochs=2, progress=False))
+>>> from pipeline.config import ModelSettings
+>>> model = ModelSettings(window=8, hidden_size=8, latent_size=2, relative_channels=[])
+>>> settings = DetectorSettings(model, TrainingConfig(epochs=2, progress=False))
 >>> ensemble = Ensemble.fit(settings.fit(normal), normal, 0.01)
 >>> flags = ensemble.window_flags(normal, ensemble.detector.predict(normal))
 >>> flags.shape, bool(flags.mean() < 0.2)

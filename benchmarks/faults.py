@@ -42,6 +42,8 @@ import tomli_w
 from models.detector import AnomalyDetector
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
+from pipeline.config import KafkaSettings
+from pipeline.kafka_clients import make_consumer
 from pipeline.local_kafka import LocalKafkaBroker, fetch_kafka_jars, free_port
 from pipeline.simulator import FleetSpec, simulate_fleet
 from pipeline.sources import readings_from_frame
@@ -375,9 +377,9 @@ def fill_disk(path: Path) -> Path:
 
 
 def committed_everything(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = make_consumer(KafkaSettings(bootstrap_servers=bootstrap), group_id=group)
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         ends = consumer.end_offsets(tps)
@@ -389,15 +391,12 @@ def committed_everything(bootstrap: str, group: str, topic: str, partitions: int
 
 
 def read_dead_letters(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(
+    consumer = make_consumer(
+        KafkaSettings(bootstrap_servers=bootstrap),
         topic,
-        bootstrap_servers=bootstrap,
+        group_id=None,
         auto_offset_reset="earliest",
         consumer_timeout_ms=5000,
-        fetch_max_bytes=8 * 1024 * 1024,
-        receive_message_max_bytes=16 * 1024 * 1024,
     )
     letters = [json.loads(message.value) for message in consumer]
     consumer.close()

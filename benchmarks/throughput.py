@@ -38,14 +38,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kafka import KafkaConsumer, KafkaProducer
 
 from models.detector import AnomalyDetector
 from models.registry import ModelRegistry
 from models.scoring import reconstruction_errors
 from models.training import TrainingConfig
-from pipeline.config import DriftlineConfig, load_config
+from pipeline.config import DriftlineConfig, KafkaSettings, load_config
 from pipeline.consumer import LoopHooks, ScoringLoop
+from pipeline.kafka_clients import make_consumer, make_producer
 from pipeline.messages import encode_readings
 from pipeline.producer import create_topic
 from pipeline.scorer import share_cores
@@ -329,16 +329,14 @@ def _consume_only(
 ) -> tuple[float, float | None]:
     """The same kafka-python consumer and settings polling the whole topic in a fresh group, doing nothing."""
     config = _config(base, bootstrap, topic, work / "consume", registry)
-    consumer = KafkaConsumer(
+    consumer = make_consumer(
+        config.kafka,
         topic,
-        bootstrap_servers=bootstrap,
         group_id=config.kafka.group_id,
-        enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=config.kafka.max_poll_records,
+        session_timeout_ms=config.kafka.session_timeout_ms,
         fetch_max_wait_ms=100,
-        fetch_max_bytes=8 * 1024 * 1024,
-        receive_message_max_bytes=16 * 1024 * 1024,
     )
     cpu = _CpuMeter()
     seen, started, counted_from = 0, 0.0, 0
@@ -485,7 +483,7 @@ def run_throughput(
 
     topic = create_topic(bootstrap, "bench", partitions)
     messages = _messages(fleet, channels)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024)
+    producer = make_producer(KafkaSettings(bootstrap_servers=bootstrap), batch_size=256 * 1024)
     for key, value in messages:
         producer.send(topic, key=key, value=value)
     producer.flush()
@@ -523,7 +521,7 @@ def run_throughput(
     latency_topic = create_topic(bootstrap, "bench", partitions)
     alerts_topic = create_topic(bootstrap, "bench-alerts", 1)
     config = _config(base, bootstrap, latency_topic, work / "latency", registry)
-    alert_producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)  # as serve's producer
+    alert_producer = make_producer(config.kafka)  # as serve's producer
     alerts = KafkaEventPublisher(alert_producer, alerts_topic, key="sensor_id")
     loop = build_loop(config, DeadLetterFile(work / "latency" / "dead.jsonl"), alerts=alerts)
     source = KafkaSource(config.kafka, loop.on_assigned, loop.on_revoked)
@@ -534,7 +532,7 @@ def run_throughput(
     listening = threading.Event()
 
     def listen_for_alarms() -> None:
-        consumer = KafkaConsumer(alerts_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        consumer = make_consumer(config.kafka, alerts_topic, group_id=None, auto_offset_reset="earliest")
         while not listening.is_set():
             for records in consumer.poll(timeout_ms=100).values():
                 received = time.time()

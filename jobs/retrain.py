@@ -90,15 +90,11 @@ def read_recent_readings(
     settings: KafkaSettings, channels: Sequence[str], since_s: float, until_s: float | None = None
 ) -> pd.DataFrame:
     """Readings on the sensor topics with Kafka timestamps in ``[since_s, until_s]`` (decoded, valid only)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(
-        **settings.client_options(),
-        enable_auto_commit=False,
-        group_id=None,
-        fetch_max_bytes=8 * 1024 * 1024,
-        receive_message_max_bytes=16 * 1024 * 1024,
-    )
+    from pipeline.kafka_clients import make_consumer
+
+    consumer = make_consumer(settings, group_id=None)
     try:
         partitions = [
             TopicPartition(topic, p)

@@ -178,13 +178,14 @@ def run_scheduler(
     consumer = None
     try:
         if config.retrain.on_drift:
-            from kafka import KafkaConsumer
+            from pipeline.kafka_clients import make_consumer
 
-            consumer = KafkaConsumer(
+            consumer = make_consumer(
+                config.kafka,
                 config.kafka.events_topic,
-                **config.kafka.client_options(),
                 group_id=f"{config.kafka.group_id}-retrain",
                 auto_offset_reset="latest",
+                enable_auto_commit=True,  # drift events seen are not seen again after a restart
             )
         while not stop.is_set():
             if consumer is None:

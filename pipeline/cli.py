@@ -432,26 +432,9 @@ def benchmark_skab(
         raise click.ClickException(
             f"SKAB data not found at {root}; pass --data-dir or set DRIFTLINE_BENCHMARKS__SKAB_DIR"
         )
-    model = app.config.model
-    if params_name == "tuned":
-        params = SkabParams()
-    else:
-        rule, rule_params = model.rule_spec()
-        params = SkabParams(
-            window=model.window,
-            hidden_size=model.hidden_size,
-            latent_size=model.latent_size,
-            num_layers=model.num_layers,
-            threshold_rule=rule,
-            threshold_params=rule_params,
-            threshold_margin=model.threshold_margin,
-            alarm_k=model.alarm_k,
-            alarm_n=model.alarm_n,
-            relative_channels=tuple(model.relative_channels),
-            score_steps=model.score_steps,
-            calibration_folds=model.calibration_folds,
-            training=replace(app.config.training, progress=False),
-        )
+    from benchmarks.untuned import DetectorSettings
+
+    params = SkabParams.tuned() if params_name == "tuned" else SkabParams(DetectorSettings.from_config(app.config))
     params = replace(params, judge=judge)
     click.echo(f"SKAB with {params_name} parameters: {params}", err=True)
     with tqdm_files(limit or 34) as progress:
@@ -881,13 +864,12 @@ def simulate(
             f"sensor(s) to {out_path}"
         )
         return
-    from kafka import KafkaProducer
-
+    from pipeline.kafka_clients import make_producer
     from pipeline.producer import produce
 
     config = app.config
     topic = topic or config.kafka.topics[0]
-    producer = KafkaProducer(**config.kafka.client_options(), acks="all", linger_ms=20)
+    producer = make_producer(config.kafka)
     try:
         sent = produce(producer, topic, frame, channels, rate=rate, readings_per_message=per_message)
     finally:

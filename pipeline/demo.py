@@ -35,7 +35,7 @@ from models.grouping import anomaly_episodes
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
 from pipeline.config import DriftlineConfig
-from pipeline.consumer import ScoringLoop
+from pipeline.consumer import LoopHooks, ScoringLoop
 from pipeline.messages import encode_readings
 from pipeline.producer import batch_messages
 from pipeline.query import connect
@@ -229,9 +229,9 @@ def run_demo(
     producer = None
     try:
         if kafka:
-            from kafka import KafkaProducer
+            from pipeline.kafka_clients import make_producer
 
-            producer = KafkaProducer(**cfg.kafka.client_options(), acks="all", linger_ms=20)
+            producer = make_producer(cfg.kafka)
             publisher = _DriftToScheduler(
                 lambda reason: request_drift_run(scheduler, cfg, reason, job),
                 also=KafkaEventPublisher(producer, cfg.kafka.events_topic),
@@ -291,13 +291,10 @@ def _stream(
     loop: ScoringLoop, source: Source, total: int, scheduler: Any, busy: threading.Event, progress: bool
 ) -> None:
     """Run the loop until the stream is consumed and no retraining is pending or running."""
-    swap_hook = loop.before_batch
     bar = tqdm(total=total, desc="streaming", unit="reading", disable=not progress)
     quiet_since: list[float] = []
 
-    def hook(loop: ScoringLoop) -> None:
-        if swap_hook is not None:
-            swap_hook(loop)
+    def show_progress_and_stop_when_settled(loop: ScoringLoop) -> None:  # after the loop's own hot-swap hook
         bar.update(min(loop.stats.messages, total) - bar.n)
         bar.set_postfix(
             model=loop.scorer.model_version,
@@ -313,9 +310,8 @@ def _stream(
         elif time.monotonic() - quiet_since[0] > 2.0:  # the swap of a just-promoted model lands first
             loop.request_stop()
 
-    loop.before_batch = hook
     try:
-        loop.run(source)
+        loop.run(source, hooks=LoopHooks(before_batch=show_progress_and_stop_when_settled))
     finally:
         bar.close()
 

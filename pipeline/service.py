@@ -267,11 +267,11 @@ def serve(
     if source_spec != "kafka":
         raise ValueError(f"scoring.source must be 'kafka' or 'file:PATH', got {source_spec!r}")
 
-    from kafka import KafkaProducer
+    from pipeline.kafka_clients import make_producer
 
     kafka = config.kafka
     producer = connect_with_retry(
-        lambda: KafkaProducer(**kafka.client_options(), acks="all", linger_ms=20),
+        lambda: make_producer(kafka),
         kafka.bootstrap_servers,
         kafka.connect_timeout_s,
         "dead-letter producer",

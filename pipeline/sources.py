@@ -17,10 +17,11 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from pipeline.config import KafkaSettings
+from pipeline.kafka_clients import make_consumer
 from pipeline.messages import encode_readings
 from pipeline.time_spans import epoch_seconds
 
@@ -107,18 +108,13 @@ class KafkaSource:
     ) -> None:
         self.on_assigned = on_assigned
         self.on_revoked = on_revoked
-        self.consumer = KafkaConsumer(
-            **settings.client_options(),
+        self.consumer = make_consumer(
+            settings,
             group_id=settings.group_id,
-            enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.max_poll_records,
             session_timeout_ms=settings.session_timeout_ms,
             fetch_max_wait_ms=100,
-            # kafka-python 2.x refuses network frames above receive_message_max_bytes (default 1 MB) while
-            # fetch_max_bytes defaults to 50 MB: keep the fetch below the frame limit
-            fetch_max_bytes=8 * 1024 * 1024,
-            receive_message_max_bytes=16 * 1024 * 1024,
         )
         self.consumer.subscribe(settings.topics, listener=_Listener(self))
 

@@ -1,8 +1,8 @@
 """The detection tuning procedure of the README, on tuning data only (never an evaluation set).
 
-Each variant is the configuration's detector with some fields replaced (JSON: ``DetectorSettings``
-fields such as ``score_steps``, ``hidden_size`` or ``calibration_folds``, and ``TrainingConfig`` fields
-such as ``input_noise``). For each it prints
+Each variant is the configuration's detector with some fields replaced (JSON: ``[model]`` fields such
+as ``score_steps``, ``hidden_size``, ``threshold_margin`` or ``calibration_folds``, and ``TrainingConfig``
+fields such as ``input_noise``; see ``DetectorSettings.with_overrides``). For each it prints
 
 - the per-window alarm rate at ``model.target_far`` on six fit -> observe splits of normal tuning
   data (SKAB ``anomaly-free.csv`` rows 1-5,000; 4 simulated sensors of seed 5) and the mean
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +52,9 @@ def normal_splits() -> list[tuple[str, list[np.ndarray], list[np.ndarray]]]:
     return splits
 
 
-def variant(base: DetectorSettings, overrides: dict[str, object]) -> DetectorSettings:
-    training_fields = {f.name for f in fields(base.training)}
-    training = {k: v for k, v in overrides.items() if k in training_fields}
-    own = {k: v for k, v in overrides.items() if k not in training_fields}
-    return replace(base, training=replace(base.training, **training), **own)  # type: ignore[arg-type]
-
-
 def main(argv: list[str]) -> None:
     base = DetectorSettings.from_config(load_config())
-    variants = {name: variant(base, json.loads(spec)) for name, spec in (a.split("=", 1) for a in argv)}
+    variants = {name: base.with_overrides(**json.loads(spec)) for name, spec in (a.split("=", 1) for a in argv)}
     log_ratios: dict[str, list[float]] = {name: [] for name in variants}
     for split, fit, observe in normal_splits():
         cells = []
