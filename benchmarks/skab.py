@@ -136,7 +136,7 @@ def run_experiment(experiment: Experiment, params: SkabParams) -> ExperimentResu
         judge = RecentLevelJudge.calibrate(detector.calibration_errors, make_rule(name, **rule_params))
         window_flags = detector.alarm.apply(judge.run(detection.error, detector.calibration_errors))
     elif params.judge == "ensemble":
-        from benchmarks.ensemble import Ensemble  # harness code, like this module (issue 17 moves it there)
+        from benchmarks.ensemble import Ensemble  # imported here: it imports the TEP harness
 
         if params.settings.model.threshold_rule != "target_far":
             raise ValueError("--judge ensemble splits model.target_far: it needs threshold_rule 'target_far'")
