@@ -30,25 +30,10 @@ import numpy as np
 
 from benchmarks.tep import PcaMonitor
 from models.detector import AnomalyDetector, Detection
+from models.preprocessing import components_for_variance
 from models.threshold import TargetFarRule
 
 VARIANCE_SHARE = 0.9
-
-
-def components_for_variance(normal: np.ndarray, share: float = VARIANCE_SHARE) -> int:
-    """The fewest principal components of autoscaled ``normal`` that explain ``share`` of its variance.
-
-    >>> rng = np.random.default_rng(1)
-    >>> latent = rng.normal(size=(500, 1))
-    >>> components_for_variance(np.hstack([latent, latent, latent]) + 0.01 * rng.normal(size=(500, 3)))
-    1
-    """
-    std = normal.std(axis=0, ddof=1)
-    scaled = (normal - normal.mean(axis=0)) / np.where(std > 0, std, 1.0)
-    eigenvalues = np.sort(np.linalg.eigvalsh(np.cov(scaled, rowvar=False)))[::-1]
-    explained = np.cumsum(eigenvalues) / eigenvalues.sum()
-    # PCA leaves at least one residual dimension for Q
-    return int(min(np.searchsorted(explained, share) + 1, normal.shape[1] - 1))
 
 
 @dataclass(frozen=True)
@@ -64,7 +49,7 @@ class Ensemble:
         if detector.calibration_errors is None:
             raise ValueError("the detector keeps no calibration errors (fit it in this process)")
         threshold = TargetFarRule(target_far / 2).fit(detector.calibration_errors).value
-        pca = PcaMonitor.fit(pooled, components_for_variance(pooled), confidence=1.0 - target_far / 2)
+        pca = PcaMonitor.fit(pooled, components_for_variance(pooled, VARIANCE_SHARE), confidence=1.0 - target_far / 2)
         return cls(detector, pca, threshold)
 
     def window_flags(self, readings: np.ndarray, detection: Detection) -> np.ndarray:

@@ -28,7 +28,7 @@ import torch
 from models.crossfit import crossfit_errors
 from models.defaults import DEFAULT_HIDDEN_SIZE, DEFAULT_LATENT_SIZE, DEFAULT_SCORE_STEPS, DEFAULT_WINDOW
 from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
-from models.preprocessing import StandardScaler, finite_windows, window_end_rows
+from models.preprocessing import StandardScaler, components_for_variance, finite_windows, window_end_rows
 from models.regimes import Regimes, window_levels
 from models.scoring import WindowScores, reconstruction_errors
 from models.threshold import AlarmFilter, QuantileRule, Threshold, ThresholdRule
@@ -211,6 +211,8 @@ class AnomalyDetector:
         hidden_size: int = DEFAULT_HIDDEN_SIZE,
         num_layers: int = 1,
         latent_size: int = DEFAULT_LATENT_SIZE,
+        bottleneck: str = "window",
+        latent_variance_share: float | None = None,
         dropout: float = 0.0,
         score_steps: int | None = DEFAULT_SCORE_STEPS,
         training: TrainingConfig = TrainingConfig(),
@@ -236,9 +238,13 @@ class AnomalyDetector:
         window's mean (see :mod:`models.preprocessing`): for slow channels such as temperatures.
         ``"auto"`` picks them from the data: :func:`wandering_channels`. A window is scored by the
         reconstruction error of its last ``score_steps`` readings (None: all; see :mod:`models.scoring`).
-        With ``calibration_folds`` > 1 the threshold is fitted on out-of-block errors of that many
-        time-blocked cross-fitting models over all the normal windows (:mod:`models.crossfit`) instead
-        of one held-out slice.
+        ``bottleneck`` is the network's (``"window"`` or ``"step"``, see :mod:`models.lstm_ae`); with
+        ``latent_variance_share`` the latent size is instead the number of principal components of the
+        scaled training readings that explain that share of their variance
+        (:func:`models.preprocessing.components_for_variance`), so the code grows with how many
+        independent directions the channels really have. With ``calibration_folds`` > 1 the
+        threshold is fitted on out-of-block errors of that many time-blocked cross-fitting models
+        over all the normal windows (:mod:`models.crossfit`) instead of one held-out slice.
         """
         segments = [readings] if isinstance(readings, np.ndarray) else list(readings)
         if relative_channels == AUTO or (not isinstance(relative_channels, str) and AUTO in relative_channels):
@@ -251,7 +257,17 @@ class AnomalyDetector:
         cal_fraction = 0.0 if calibration_folds else calibration_fraction
         train, val, cal = _split_windows(segments, scaler, window, training.val_fraction, cal_fraction)
         steps = None if score_steps is None else min(score_steps, window)
-        config = LSTMAEConfig(segments[0].shape[1], window, hidden_size, num_layers, latent_size, dropout, steps)
+        n_channels = segments[0].shape[1]
+        if latent_variance_share is not None:
+            pooled = np.concatenate([scaler.transform(segment) for segment in segments])
+            finite = pooled[np.isfinite(pooled).all(axis=1)]
+            latent_size = max(1, components_for_variance(finite, latent_variance_share))
+            log.info("latent size %d: components for %.0f%% of the variance", latent_size, 100 * latent_variance_share)
+        if bottleneck == "step" and n_channels < 2:
+            raise ValueError("a per-step bottleneck needs at least 2 channels (model.bottleneck = 'window' for one)")
+        config = LSTMAEConfig(
+            n_channels, window, hidden_size, num_layers, latent_size, dropout, steps, bottleneck=bottleneck
+        )
         torch.manual_seed(training.seed)  # the initial weights too, not only the batch order
         model = LSTMAutoencoder(config)
         result = train_autoencoder(model, train, training, val_windows=val)

@@ -115,3 +115,21 @@ def window_end_rows(n_rows: int, length: int, stride: int = 1) -> np.ndarray:
 def finite_windows(windows: np.ndarray) -> np.ndarray:
     """Boolean mask ``[n]``: True where a window holds only finite readings."""
     return np.asarray(np.isfinite(windows).all(axis=(1, 2)), dtype=bool)
+
+
+def components_for_variance(normal: np.ndarray, share: float) -> int:
+    """The fewest principal components of autoscaled ``normal`` that explain ``share`` of its variance.
+
+    >>> rng = np.random.default_rng(1)
+    >>> latent = rng.normal(size=(500, 1))
+    >>> components_for_variance(np.hstack([latent, latent, latent]) + 0.01 * rng.normal(size=(500, 3)), 0.9)
+    1
+
+    At most ``channels - 1``, leaving at least one residual dimension (PCA's Q, a per-step code that
+    cannot copy its input).
+    """
+    std = normal.std(axis=0, ddof=1)
+    scaled = (normal - normal.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    eigenvalues = np.sort(np.linalg.eigvalsh(np.cov(scaled, rowvar=False)))[::-1]
+    explained = np.cumsum(eigenvalues) / eigenvalues.sum()
+    return int(min(np.searchsorted(explained, share) + 1, normal.shape[1] - 1))

@@ -113,6 +113,18 @@ class ModelSettings(_Section):
     window: int = Field(DEFAULT_WINDOW, ge=2, description="Readings per window (at ~1 Hz, seconds).")
     hidden_size: int = Field(DEFAULT_HIDDEN_SIZE, ge=1)
     latent_size: int = Field(DEFAULT_LATENT_SIZE, ge=1)
+    bottleneck: Literal["window", "step"] = Field(
+        "window",
+        description="'window': one latent code per window; 'step': one per reading, each step rebuilt from "
+        "codes up to it (see models/lstm_ae.py).",
+    )
+    latent_variance_share: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="If set, the latent size is the number of principal components of the scaled training data "
+        "that explain this share of its variance (instead of latent_size).",
+    )
     num_layers: int = Field(1, ge=1)
     score_steps: int = Field(
         DEFAULT_SCORE_STEPS,
@@ -168,6 +180,8 @@ class ModelSettings(_Section):
             "window": self.window,
             "hidden_size": self.hidden_size,
             "latent_size": self.latent_size,
+            "bottleneck": self.bottleneck,
+            "latent_variance_share": self.latent_variance_share,
             "num_layers": self.num_layers,
             "score_steps": self.score_steps,
             "dropout": self.dropout,

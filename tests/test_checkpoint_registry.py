@@ -52,6 +52,17 @@ def test_round_trip_keeps_scores_and_everything_needed_to_serve(detector: Anomal
     assert loaded.metadata["training"]["history"], "training curves travel with the checkpoint"
 
 
+def test_a_per_step_bottleneck_survives_the_round_trip(tmp_path: Path) -> None:
+    readings = np.random.default_rng(4).normal(size=(300, 3))
+    fitted = AnomalyDetector.fit(
+        readings, window=8, hidden_size=8, latent_size=2, bottleneck="step",
+        training=TrainingConfig(epochs=1, progress=False),
+    )  # fmt: skip
+    restored = load_checkpoint(save_checkpoint(fitted, tmp_path / "ckpt")).detector
+    assert restored.model.config.bottleneck == "step"
+    np.testing.assert_allclose(restored.score(readings)[1].error, fitted.score(readings)[1].error, rtol=1e-6)
+
+
 def test_checkpoints_are_immutable(detector: AnomalyDetector, tmp_path: Path) -> None:
     path = save_checkpoint(detector, tmp_path / "ckpt")
     with pytest.raises(FileExistsError):

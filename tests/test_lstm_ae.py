@@ -36,6 +36,37 @@ def test_output_shape_matches_input(layers: int, dropout: float) -> None:
     assert model.encode(torch.randn(7, 12, 4)).shape == (7, 3)
 
 
+def test_a_per_step_code_rebuilds_each_step_from_readings_up_to_it() -> None:
+    torch.manual_seed(0)
+    model = LSTMAutoencoder(LSTMAEConfig(n_channels=4, window=12, hidden_size=8, latent_size=2, bottleneck="step"))
+    windows = torch.randn(3, 12, 4)
+    later_changed = windows.clone()
+    later_changed[:, 8:] += 5.0  # readings 9..12 only
+    with torch.no_grad():
+        before, after = model(windows), model(later_changed)
+    assert model.encode(windows).shape == (3, 12, 2)
+    torch.testing.assert_close(before[:, :8], after[:, :8])  # steps 1..8 do not see the future
+    assert not torch.allclose(before[:, 8:], after[:, 8:])
+
+
+def test_a_per_step_code_as_wide_as_the_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="identity"):
+        LSTMAEConfig(n_channels=3, latent_size=3, bottleneck="step")
+    with pytest.raises(ValueError, match="bottleneck"):
+        LSTMAEConfig(n_channels=3, latent_size=2, bottleneck="sideways")
+
+
+def test_the_latent_size_can_follow_the_variance_the_channels_share() -> None:
+    rng = np.random.default_rng(0)
+    factors = rng.normal(size=(700, 2))
+    readings = factors @ rng.normal(size=(2, 6)) + 0.05 * rng.normal(size=(700, 6))  # two directions in six
+    detector = AnomalyDetector.fit(
+        readings, window=10, hidden_size=8, bottleneck="step", latent_variance_share=0.9,
+        training=TrainingConfig(epochs=1, progress=False),
+    )  # fmt: skip
+    assert (detector.model.config.latent_size, detector.model.config.bottleneck) == (2, "step")
+
+
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="window"):
         LSTMAEConfig(n_channels=2, window=0)
