@@ -7,12 +7,14 @@ Policies:
   drops the lock when its holder dies, so a crashed run never blocks the next one (no stale lock).
 - **Missed runs** (scheduler down or busy past the time) are coalesced: at most one catch-up run, and
   only within ``misfire_grace_time`` (half the interval); older misses are dropped.
-- **Drift trigger.** A ``drift`` event on ``kafka.events_topic`` schedules one run ``debounce_s`` later;
-  further events before it starts join that run instead of adding runs and move it to ``debounce_s``
-  after themselves (at most ``debounce_max_s`` after the first event), so a run after a gradual drift
-  learns the settled plant rather than the ramp. Events that arrive while a run holds the lock join
-  that run too: they were raised against the model that run is about to replace, and the scorer
-  resets its detectors when it swaps, so drift that outlives the new model is detected again.
+- **Drift trigger** (:class:`jobs.drift_policy.DriftRetrainPolicy`, shared with the demo and the
+  drift benchmark): a fleet-wide ``drift`` event on ``kafka.events_topic`` schedules one run
+  ``debounce_s`` later; further events before it starts join that run instead of adding runs and move
+  it to ``debounce_s`` after themselves (at most ``debounce_max_s`` after the first event), so a run
+  after a gradual drift learns the settled plant rather than the ramp. Events that arrive while a run
+  holds the lock join that run too: they were raised against the model that run is about to replace,
+  and the scorer resets its detectors when it swaps, so drift that outlives the new model is detected
+  again.
 
 >>> import tempfile
 >>> from pathlib import Path
@@ -31,13 +33,14 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from jobs.drift_policy import DriftRetrainPolicy
 from jobs.retrain import RetrainDecision, retrain_once
 from pipeline.config import DriftlineConfig
 
@@ -140,12 +143,12 @@ def request_drift_run(
     the run's first event: while the error keeps rising (a gradual drift, a ramp) the plant has not
     settled, and data from the ramp teaches the model a state it is leaving.
     """
-    settings = config.retrain
+    policy = DriftRetrainPolicy.from_settings(config.retrain)
     now = datetime.now(UTC)
     pending = scheduler.get_job(DRIFT_JOB)
     if pending is not None:
-        latest = pending.kwargs["first_event_at"] + timedelta(seconds=max(settings.debounce_max_s, settings.debounce_s))
-        run_at = min(now + timedelta(seconds=settings.debounce_s), latest)
+        first = pending.kwargs["first_event_at"]
+        run_at = datetime.fromtimestamp(policy.run_at(first.timestamp(), now.timestamp()), UTC)
         if pending.next_run_time is not None and run_at > pending.next_run_time:
             pending.reschedule("date", run_date=run_at)
             log.info("drift event (%s): retraining moved to %s", reason, run_at.isoformat(timespec="seconds"))
@@ -153,7 +156,7 @@ def request_drift_run(
     if RetrainLock(config.data_dir / "retrain.lock").held():
         log.info("drift event (%s) joins the retraining run in progress", reason)
         return False
-    run_at = now + timedelta(seconds=settings.debounce_s)
+    run_at = datetime.fromtimestamp(policy.run_at(now.timestamp(), now.timestamp()), UTC)
     scheduler.add_job(
         _run_on_drift,
         "date",
@@ -173,6 +176,7 @@ def run_scheduler(
 ) -> None:
     """Run until ``stop`` is set: the schedule, plus drift-triggered runs from the events topic."""
     scheduler = build_scheduler(config, job)
+    policy = DriftRetrainPolicy.from_settings(config.retrain)
     scheduler.start()
     log.info("scheduler started: %s", [str(j.trigger) for j in scheduler.get_jobs()] or "no schedule")
     consumer = None
@@ -197,7 +201,7 @@ def run_scheduler(
                         event = json.loads(record.value)
                     except (TypeError, json.JSONDecodeError):
                         continue
-                    if isinstance(event, dict) and event.get("type") == "drift":
+                    if policy.wants_run(event):
                         where = event.get("sensor_id") or "fleet"
                         request_drift_run(scheduler, config, f"{event.get('detector')} on {where}", job)
     finally:

@@ -303,6 +303,11 @@ class RetrainSettings(_Section):
     interval_minutes: float | None = Field(60.0, gt=0, description="Run every N minutes (None: off).")
     cron: str | None = Field(None, description="Crontab schedule instead of the interval, e.g. '0 */4 * * *'.")
     on_drift: bool = Field(True, description="Also run when drift events arrive on kafka.events_topic.")
+    on_drift_scope: Literal["fleet", "any"] = Field(
+        "fleet",
+        description="Drift that asks for a run: 'fleet' (most sensors at once: a new operating point) or 'any' "
+        "(a single sensor's drift too); see jobs/drift_policy.py.",
+    )
     debounce_s: float = Field(60.0, ge=0, description="Drift events within this delay fire one run.")
     debounce_max_s: float = Field(
         300.0, ge=0, description="Later events delay a pending run at most this long after its first event."

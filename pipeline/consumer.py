@@ -21,9 +21,10 @@ several micro-batches at once (PyTorch releases the GIL); one scorer thread then
 (thresholds, k-of-n), updates drift and alarms and buffers the error-log rows, in submission order.
 A batch handed over after :meth:`ScoringLoop.swap_model` is scored on the new model.
 Kafka's consumer is not thread-safe, so every poll, seek and commit stays on the consumer thread:
-a checkpoint snapshots the offsets there, the scorer thread makes everything before it durable in
-order (and adds the open alarms to the commit metadata), and the consumer thread commits that
-snapshot once it is done. A model swap is queued the same way, so it lands exactly between two
+a checkpoint snapshots the offsets there, the scorer thread seals everything buffered before it in
+order (and adds the open alarms to the commit metadata), one writer thread writes and fsyncs what
+was sealed (so judging and alarm delivery never wait for a Parquet part), and the consumer thread
+commits that snapshot once the writer is done. A model swap is queued the same way, so it lands exactly between two
 micro-batches. Revocation and shutdown wait for the scorer to drain before committing. With
 ``pipelined=False`` everything runs on the calling thread. Each stage's thread CPU is counted
 (:mod:`pipeline.stage_clock`).
@@ -166,6 +167,7 @@ class ScoringLoop:
         # the scorer stage (None: score on the calling thread) and what was handed to it
         self._worker: ThreadPoolExecutor | None = None
         self._model_pool: ThreadPoolExecutor | None = None  # runs the model on batches, several at once
+        self._writer: ThreadPoolExecutor | None = None  # writes sealed checkpoints durably, in order
         self._serving = (scorer.detector, scorer.model_version)  # what the next submitted batch is scored on
         self._inflight: deque[Future[Any]] = deque()
         self._checkpoints: deque[Future[CommitOffsets]] = deque()
@@ -174,6 +176,7 @@ class ScoringLoop:
         self._last_checkpoint = time.monotonic()
         self._last_scored: tuple[float, str] | None = None  # (perf_counter, model version) of the last batch
         self._failed = False  # after a failure nothing more is committed: the next start redoes the rest
+        self._scorer_failed = False  # set on the scorer thread: nothing after a failed batch runs there
         self._running = False
         self._last_iteration = time.monotonic()
         self._last_commit: float | None = None
@@ -345,6 +348,7 @@ class ScoringLoop:
         started = last_lag = self._last_activity = time.monotonic()
         if self.settings.pipelined:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-scorer")
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-writer")
             self._model_pool = ThreadPoolExecutor(
                 max_workers=self.settings.model_threads,
                 thread_name_prefix="driftline-model",
@@ -384,6 +388,7 @@ class ScoringLoop:
                     break
         except BaseException:
             self._failed = True
+            self._commit_sealed_before_failure()
             log.error("scoring loop failed; committing nothing more (the next start resumes from the last commit)")
             raise
         finally:
@@ -397,6 +402,9 @@ class ScoringLoop:
                 if self._worker is not None:
                     self._worker.shutdown(wait=True)
                     self._worker = None
+                if self._writer is not None:
+                    self._writer.shutdown(wait=True)
+                    self._writer = None
                 if self._model_pool is not None:
                     self._model_pool.shutdown(wait=True)
                     self._model_pool = None
@@ -598,7 +606,18 @@ class ScoringLoop:
             return
         while len(self._inflight) >= self.settings.max_inflight_batches:
             self._result(self._inflight.popleft())  # back-pressure
-        self._inflight.append(self._worker.submit(fn, *args))
+        self._inflight.append(self._worker.submit(self._on_scorer, fn, *args))
+
+    def _on_scorer(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the scorer thread, unless work before it failed there: after a failure nothing
+        more is scored or sealed, so no checkpoint sealed later can cover the failed batch."""
+        if self._scorer_failed:
+            raise RuntimeError("an earlier batch failed on the scorer; nothing after it is scored or sealed")
+        try:
+            return fn(*args)
+        except BaseException:
+            self._scorer_failed = True
+            raise
 
     def _result(self, future: Future[Any]) -> Any:
         """The scorer's result; its failure is re-raised here and stops all further commits."""
@@ -687,35 +706,57 @@ class ScoringLoop:
 
         return self.settings.write_retry.run(write, sink, on_failure=count)
 
-    def _make_durable(self, offsets: CommitOffsets) -> CommitOffsets:
-        """Scorer stage: write every buffered row, drift event and event durably (retrying through faults)."""
-        with self.stage_clock.measure("durable"):
-            parts: list[Path] = self._durably(self.error_log.flush, "error_log")
-            if parts and self._hooks.on_durable is not None:
-                self._hooks.on_durable(parts, time.time())
-            if self.drift_events is not None:
-                self._durably(self.drift_events.flush, "drift_events")
-            if self.events is not None:
-                self._durably(self.events.flush, "events")
-            if self.alarm_log is not None:
-                self._durably(self.alarm_log.flush, "alarms")
-            if self.alerts is not None:
-                self._durably(self.alerts.flush, "alerts")
+    def _seal(self, offsets: CommitOffsets) -> Sealed:
+        """Scorer stage, in order after the batches before the checkpoint: take what they buffered."""
         if self.alarms is not None:  # open alarms travel with the commit: the next owner keeps their ids
             for tp, carried in self.alarms.snapshot().items():
                 if tp in offsets:
                     offsets[tp][1]["alarms"] = carried
-        return offsets
+        return Sealed(
+            offsets,
+            self.error_log.seal(),
+            self.drift_events.seal() if self.drift_events is not None else [],
+            self.alarm_log.seal() if self.alarm_log is not None else [],
+        )
+
+    def _write_sealed(self, sealed: Sealed | Future[Sealed]) -> CommitOffsets:
+        """Writer stage: write what was sealed durably (retrying through faults) and flush the publishers.
+
+        On its own thread when pipelined, so the scorer goes on judging (and alarming) while Parquet
+        parts are written and fsynced; one writer keeps the checkpoints in order.
+        """
+        rows = sealed.result() if isinstance(sealed, Future) else sealed
+        with self.stage_clock.measure("durable"):
+            parts: list[Path] = self._durably(lambda: self.error_log.write(rows.error_rows), "error_log")
+            if parts and self._hooks.on_durable is not None:
+                self._hooks.on_durable(parts, time.time())
+            if self.drift_events is not None:
+                drift_events = self.drift_events
+                self._durably(lambda: drift_events.write(rows.drift_events), "drift_events")
+            if self.events is not None:
+                self._durably(self.events.flush, "events")
+            if self.alarm_log is not None:
+                alarm_log = self.alarm_log
+                self._durably(lambda: alarm_log.write(rows.alarm_events), "alarms")
+            if self.alerts is not None:
+                self._durably(self.alerts.flush, "alerts")
+        return rows.offsets
+
+    def _make_durable(self, offsets: CommitOffsets) -> CommitOffsets:
+        """Seal and write on the calling thread (nothing else in flight): the offsets, now committable."""
+        return self._write_sealed(self._seal(offsets))
 
     def _request_checkpoint(self) -> None:
-        """Snapshot the offsets now; commit them once the scorer made all work before them durable."""
+        """Snapshot the offsets now; commit them once the scorer sealed, and the writer made durable, all
+        work before them."""
         offsets = self._commit_offsets()
         self._uncheckpointed = self._rows_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        if self._worker is None:
+        if self._worker is None or self._writer is None:
             self._commit(self._make_durable(offsets), time.perf_counter())
             return
-        self._checkpoints.append(self._worker.submit(self._make_durable, offsets))
+        sealed = self._worker.submit(self._on_scorer, self._seal, offsets)
+        self._checkpoints.append(self._writer.submit(self._write_sealed, sealed))
 
     def _commit_completed(self) -> None:
         latest: CommitOffsets | None = None
@@ -732,9 +773,28 @@ class ScoringLoop:
         self._last_checkpoint = time.monotonic()
         self._commit(self._make_durable(self._commit_offsets()), started)
 
-    def _commit(self, offsets: CommitOffsets, started: float) -> None:
+    def _commit_sealed_before_failure(self) -> None:
+        """After a failure: commit the latest checkpoint sealed before it that the writer made durable.
+
+        Checkpoints are sealed in order after their batches and refused after a failed one, so each
+        that completes covers only work done; the first that failed ends the search (a later one would
+        skip its rows). Its commit spares the next start the replay; anything else is redone then.
+        """
+        latest: CommitOffsets | None = None
+        while self._checkpoints:
+            try:
+                latest = self._checkpoints.popleft().result()
+            except BaseException:
+                break
+        if latest is not None and self.source is not None:
+            try:
+                self._commit(latest, time.perf_counter(), after_failure=True)
+            except Exception as error:
+                log.warning("could not commit the checkpoints made durable before the failure: %s", error)
+
+    def _commit(self, offsets: CommitOffsets, started: float, *, after_failure: bool = False) -> None:
         """Flush dead letters (consumer thread), then commit ``offsets``, whose results are durable."""
-        if self._failed:  # e.g. a scorer failure seen inside a rebalance callback: the next start redoes it
+        if self._failed and not after_failure:  # e.g. a scorer failure seen in a rebalance callback
             raise RuntimeError("the scorer failed earlier; refusing to commit offsets past unwritten windows")
         self._durably(self.dead_letters.flush, "dead_letters")
         if self.source is None or not offsets:
@@ -759,6 +819,16 @@ class ScoringLoop:
                 self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
         except KafkaError as error:
             log.debug("could not read consumer lag: %s", error)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A checkpoint's offsets and the rows buffered before it, taken from the sinks for the writer."""
+
+    offsets: CommitOffsets
+    error_rows: list[ScoredWindows]
+    drift_events: list[dict[str, Any]]
+    alarm_events: list[dict[str, Any]]
 
 
 class EventClock:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from jobs.drift_policy import DriftRetrainPolicy
 from jobs.replay import ReplayBuffer
 from jobs.retrain import RetrainDecision, normal_windows, retrain_once
 from jobs.scheduler import DRIFT_JOB, build_scheduler, request_drift_run
@@ -34,6 +35,7 @@ from models.detector import AnomalyDetector
 from models.grouping import anomaly_episodes
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
+from pipeline.alarm_summary import alarms_after_drift
 from pipeline.config import DriftlineConfig
 from pipeline.consumer import LoopHooks, ScoringLoop
 from pipeline.messages import encode_readings
@@ -148,10 +150,12 @@ def demo_config(config: DriftlineConfig, out_dir: Path, topic: str | None = None
 
 
 class _DriftToScheduler:
-    """An event publisher for the loop: fleet-wide drift events ask the scheduler for one run."""
+    """An event publisher for the loop: drift events the retraining policy wants ask the scheduler for a run
+    (as ``driftline retrain --schedule`` does from the events topic)."""
 
-    def __init__(self, on_drift: Any, also: KafkaEventPublisher | None = None) -> None:
+    def __init__(self, on_drift: Any, policy: DriftRetrainPolicy, also: KafkaEventPublisher | None = None) -> None:
         self.on_drift = on_drift
+        self.policy = policy
         self.also = also
         self.fleet_drifts: list[float] = []  # event times of fleet-wide detections
 
@@ -160,7 +164,9 @@ class _DriftToScheduler:
             self.also.publish(event)
         if event.get("type") == "drift" and event.get("scope") == "fleet":
             self.fleet_drifts.append(float(event["ts"]))
-            self.on_drift(f"{event.get('detector')} on the fleet at {pd.Timestamp(event['ts'], unit='s'):%H:%M:%S}")
+        if self.policy.wants_run(event):
+            where = event.get("sensor_id") or "the fleet"
+            self.on_drift(f"{event.get('detector')} on {where} at {pd.Timestamp(event['ts'], unit='s'):%H:%M:%S}")
 
     def flush(self) -> None:
         if self.also is not None:
@@ -234,6 +240,7 @@ def run_demo(
             producer = make_producer(cfg.kafka)
             publisher = _DriftToScheduler(
                 lambda reason: request_drift_run(scheduler, cfg, reason, job),
+                DriftRetrainPolicy.from_settings(cfg.retrain),
                 also=KafkaEventPublisher(producer, cfg.kafka.events_topic),
             )
             loop = build_loop(cfg, KafkaDeadLetters(producer, cfg.kafka.dead_letter_topic), events=publisher)
@@ -244,7 +251,10 @@ def run_demo(
             feeder.start()
             source_name = f"Kafka topic {topic} at {cfg.kafka.bootstrap_servers}"
         else:
-            publisher = _DriftToScheduler(lambda reason: request_drift_run(scheduler, cfg, reason, job))
+            publisher = _DriftToScheduler(
+                lambda reason: request_drift_run(scheduler, cfg, reason, job),
+                DriftRetrainPolicy.from_settings(cfg.retrain),
+            )
             loop = build_loop(cfg, DeadLetterFile(out_dir / "dead_letters.jsonl"), events=publisher)
             records = [
                 Record("demo", 0, offset, key, encode_readings(readings))
@@ -385,50 +395,5 @@ def _summarise(
         ],
         report=report,
         error_log=cfg.error_log_dir,
-        **_alarms_after_drift(cfg, fleet, log_frame, drift_at, post_drift_models, window),
+        **alarms_after_drift(cfg.error_log_dir / "alarms", fleet, log_frame, drift_at, post_drift_models, window),
     )
-
-
-def _alarms_after_drift(
-    cfg: DriftlineConfig,
-    fleet: pd.DataFrame,
-    log_frame: pd.DataFrame,
-    drift_at: pd.Timestamp,
-    post_drift_models: set[str],
-    window: int,
-) -> dict[str, Any]:
-    """What an operator received between the drift and the first retrained model, from the alarms table."""
-    root = cfg.error_log_dir / "alarms"
-    events = pd.read_parquet(root) if root.exists() else pd.DataFrame(columns=["event", "alarm_id", "suppressed"])
-    served = log_frame.loc[log_frame["model_version"].isin(post_drift_models), "window_end"]
-    span_end = served.min() if len(served) else log_frame["window_end"].max()
-    stream_end = log_frame["window_end"].max()
-    sent = events[~events["suppressed"].astype(bool)] if len(events) else events
-    opened = sent[sent["event"] == "open"].drop_duplicates("alarm_id")
-    closed = sent[sent["event"] == "close"].drop_duplicates("alarm_id").set_index("alarm_id")["at"]
-    minutes, episodes = 0.0, 0
-    for alarm, at in zip(opened["alarm_id"], opened["at"], strict=True):
-        end = closed.get(alarm, stream_end)
-        overlap = (min(end, span_end) - max(at, drift_at)).total_seconds()
-        if overlap > 0 or drift_at <= at < span_end:
-            minutes += max(overlap, 0.0) / 60
-            episodes += int(drift_at <= at < span_end)
-    suppressed = events[events["suppressed"].astype(bool) & (events["event"] == "open")] if len(events) else events
-    suppressed_count = int(((suppressed["at"] >= drift_at) & (suppressed["at"] < span_end)).sum()) if len(events) else 0
-    injected = caught = 0
-    for sensor, readings in fleet.groupby("sensor_id"):
-        labels = readings["anomaly"].to_numpy()
-        times = readings["timestamp"].to_numpy()
-        starts = opened.loc[opened["sensor_id"] == sensor, "at"]
-        for start, stop in anomaly_episodes(labels):
-            if times[start] < drift_at:
-                continue
-            injected += 1
-            end = times[min(stop + window, len(times)) - 1]
-            caught += bool(((starts >= times[start]) & (starts <= end)).any())
-    return {
-        "alarm_episodes_after_drift": episodes,
-        "alarm_minutes_after_drift": minutes,
-        "post_drift_recall": caught / injected if injected else None,
-        "suppressed_after_drift": suppressed_count,
-    }

@@ -121,6 +121,11 @@ class ErrorLogSink:
         if len(batch):
             self._pending.append(batch)
 
+    def seal(self) -> list[ScoredWindows]:
+        """Hand over everything buffered so far (for :meth:`write`, possibly on another thread)."""
+        sealed, self._pending = self._pending, []
+        return sealed
+
     def _table(self, batches: list[ScoredWindows]) -> pa.Table:
         ingest = pa.scalar(datetime.now(UTC), pa.timestamp("ms", tz="UTC"))
         n = sum(len(b) for b in batches)
@@ -153,9 +158,15 @@ class ErrorLogSink:
 
     def flush(self) -> list[Path]:
         """Write every pending row durably; return the parts written. On error nothing is dropped."""
-        if not self._pending:
+        written = self.write(self._pending)
+        self._pending = []
+        return written
+
+    def write(self, batches: list[ScoredWindows]) -> list[Path]:
+        """Write ``batches`` (from :meth:`seal`) durably as Parquet parts; return them. Safe to retry."""
+        if not batches:
             return []
-        table = self._table(self._pending)
+        table = self._table(batches)
         written = []
         days = table["window_end"].cast(pa.int64()).to_numpy() // 86_400_000
         topics, topic_index = np.unique(
@@ -175,7 +186,6 @@ class ErrorLogSink:
             path = self.root / f"date={date}" / name
             write_parquet_atomically(part, path)
             written.append(path)
-        self._pending.clear()
         return written
 
     def discard_uncommitted(self, topic: str, partition: int, committed_offset: int) -> list[Path]:
@@ -226,17 +236,26 @@ class _EventPartSink:
     def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
         raise NotImplementedError
 
+    def seal(self) -> list[dict[str, Any]]:
+        """Hand over the events buffered so far (for :meth:`write`, possibly on another thread)."""
+        sealed, self._pending = self._pending, []
+        return sealed
+
     def flush(self) -> Path | None:
         """Write the pending events durably as one part; return it (None when there were none)."""
-        if not self._pending:
+        path = self.write(self._pending)
+        self._pending = []
+        return path
+
+    def write(self, rows: list[dict[str, Any]]) -> Path | None:
+        """Write ``rows`` (from :meth:`seal`) durably as one part; return it (None for no rows)."""
+        if not rows:
             return None
-        rows = self._pending
         table = self._table(rows)
         date = datetime.fromtimestamp(rows[0][self.time_key], UTC).strftime("%Y-%m-%d")
         name = f"{self.prefix}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.root / f"date={date}" / name
         write_parquet_atomically(table, path)
-        self._pending = []
         return path
 
 

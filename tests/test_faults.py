@@ -25,7 +25,7 @@ from pipeline.messages import encode_readings
 from pipeline.metrics import ScoringMetrics
 from pipeline.model_watch import RegistryWatcher
 from pipeline.scorer import WindowScorer
-from pipeline.sinks import DeadLetterFile, ErrorLogSink
+from pipeline.sinks import DeadLetterFile, ErrorLogSink, ScoredWindows
 from pipeline.sources import Record
 from pipeline.windows import WindowAssembler
 
@@ -95,18 +95,18 @@ def test_a_reading_before_min_ts_is_dead_lettered(detector, tmp_path) -> None:
 
 
 class FlakyDisk(ErrorLogSink):
-    """An error log whose first ``failures`` flushes fail as a full disk would."""
+    """An error log whose first ``failures`` durable writes fail as a full disk would."""
 
     def __init__(self, root: Path, failures: int) -> None:
         super().__init__(root, CHANNELS, roll_rows=40, roll_seconds=3600)
         self.failures = failures
         self.attempts = 0
 
-    def flush(self) -> list[Path]:
+    def write(self, batches: list[ScoredWindows]) -> list[Path]:
         self.attempts += 1
         if self.attempts <= self.failures:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return super().flush()
+        return super().write(batches)
 
 
 @pytest.mark.parametrize("pipelined", [False, True])

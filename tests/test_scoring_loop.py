@@ -7,6 +7,9 @@ exactly: same rows as the single-threaded loop, swaps at batch boundaries, commi
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import threading
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from pipeline.alarms import AlarmTracker
 from pipeline.consumer import LoopSettings, ScoringLoop
 from pipeline.messages import encode_readings
 from pipeline.scorer import WindowScorer
-from pipeline.sinks import AlarmEventSink, DeadLetterFile, ErrorLogSink
+from pipeline.sinks import AlarmEventSink, DeadLetterFile, ErrorLogSink, ScoredWindows
 from pipeline.sources import Record, TopicPartitionKey
 from pipeline.windows import Window, WindowAssembler, WindowBatch
 
@@ -265,3 +268,52 @@ def test_the_loop_sends_alarms_at_once_and_keeps_suppressed_ones_off_the_alerts(
     loop._send_alarms(suppressed)
     assert suppressed[0]["suppressed"]
     assert len(alerts.events) == sent_before  # off the alerts topic
+
+
+def test_alarms_go_out_while_an_earlier_checkpoint_is_still_being_written(
+    detector: AnomalyDetector, tmp_path: Path
+) -> None:
+    """A slow disk holds back commits, never alarms: parts are written on the writer thread."""
+    writing, released, wrote = threading.Event(), threading.Event(), threading.Event()
+
+    class SlowDisk(ErrorLogSink):
+        def write(self, batches: list[ScoredWindows]) -> list[Path]:
+            if batches:
+                writing.set()
+                released.wait(timeout=10)  # a write on the scorer thread would hold the alarm until then
+                wrote.set()
+            return super().write(batches)
+
+    class Alerts(Collect):
+        def publish(self, event: dict) -> None:
+            if event["event"] == "open" and event["sensor_id"] == "late":
+                self.while_writing = writing.is_set() and not wrote.is_set()
+                released.set()
+            super().publish(event)
+
+    always = copy.copy(detector)
+    assert detector.threshold is not None
+    always.threshold = dataclasses.replace(detector.threshold, value=0.0)  # every window alarms
+    stream = [
+        Record("t", 0, offset, key.encode(), encode_readings([{"sensor_id": key, "ts": 1_700_000_000.0 + t,
+                                                                "values": {"a": 0.1 * t, "b": 1.0}}]))
+        for offset, (t, key) in enumerate(
+            [(t, "early") for t in range(40)] + [(t, "late") for t in range(40, 60)]
+        )
+    ]  # fmt: skip
+    alerts = Alerts()
+    loop = ScoringLoop(
+        WindowScorer(always, "v1"),
+        WindowAssembler(WINDOW),
+        SlowDisk(tmp_path, CHANNELS, roll_seconds=0.0),  # a checkpoint after every batch
+        DeadLetterFile(tmp_path / "dead.jsonl"),
+        settings=LoopSettings(pipelined=True, max_poll_records=8),
+        alarms=AlarmTracker(quiet_s=5.0, channels=CHANNELS),
+        alerts=alerts,
+    )
+    source = ListSource(stream, batch=8)
+    loop.run(source, idle_timeout_s=0)
+    assert any(e["sensor_id"] == "late" and e["event"] == "open" for e in alerts.events)
+    assert alerts.while_writing, "the late sensor's alarm waited for the earlier checkpoint's write"
+    assert source.commits[-1][("t", 0)][0] == len(stream), "and everything was committed once written"
+    assert len(read_log(tmp_path)) == (40 - WINDOW + 1) + (20 - WINDOW + 1)

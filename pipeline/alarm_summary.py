@@ -1,0 +1,87 @@
+"""What an operator received across a drift: alarms sent, their plant minutes, and the anomalies they caught.
+
+Read from the alarms table of the error log (``<error_log>/alarms``, see :mod:`pipeline.alarms`),
+between the drift and the first window scored by a model trained after it: the span in which a
+benign change of operating point floods an operator who is told about every sensor. The demo's
+summary and the drift benchmark report the same three figures from this one function.
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> at = pd.Timestamp("2026-01-01 00:00", tz="UTC")
+>>> fleet = pd.DataFrame({"sensor_id": "s0", "timestamp": pd.date_range(at, periods=600, freq="s"),
+...                       "anomaly": [False] * 400 + [True] * 20 + [False] * 180})
+>>> log = pd.DataFrame({"window_end": fleet["timestamp"], "model_version": ["v1"] * 500 + ["v2"] * 100})
+>>> alarms = Path(tempfile.mkdtemp()) / "alarms"
+>>> alarms_after_drift(alarms, fleet, log, at, {"v2"}, window=10)["post_drift_recall"]  # no alarm sent
+0.0
+>>> alarms.mkdir()
+>>> pd.DataFrame({"event": ["open", "close"], "alarm_id": "a1", "suppressed": False, "sensor_id": "s0",
+...               "at": [at + pd.Timedelta(seconds=402), at + pd.Timedelta(seconds=432)]}
+...              ).to_parquet(alarms / "part.parquet")
+>>> figures = alarms_after_drift(alarms, fleet, log, at, {"v2"}, window=10)
+>>> figures["alarm_episodes_after_drift"], figures["alarm_minutes_after_drift"], figures["post_drift_recall"]
+(1, 0.5, 1.0)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from models.grouping import anomaly_episodes
+
+
+def alarms_after_drift(
+    alarms_dir: Path,
+    fleet: pd.DataFrame,
+    log_frame: pd.DataFrame,
+    drift_at: pd.Timestamp,
+    post_drift_models: set[str],
+    window: int,
+) -> dict[str, Any]:
+    """Alarms sent between ``drift_at`` and the first window of a ``post_drift_models`` version.
+
+    ``fleet``: the labelled readings (``sensor_id``, ``timestamp``, ``anomaly``); ``log_frame``: the
+    error log's ``window_end`` and ``model_version``. Returns ``alarm_episodes_after_drift`` (alarms
+    opened in the span and sent: not suppressed as part of a regime change),
+    ``alarm_minutes_after_drift`` (plant minutes those and earlier open alarms overlap the span),
+    ``post_drift_recall`` (labelled anomaly episodes after the drift for which an alarm was sent within
+    ``window`` readings of their end; None without any) and ``suppressed_after_drift``.
+    """
+    root = Path(alarms_dir)
+    empty = pd.DataFrame(columns=["event", "alarm_id", "suppressed", "at", "sensor_id"])
+    events = pd.read_parquet(root) if root.exists() else empty
+    served = log_frame.loc[log_frame["model_version"].isin(post_drift_models), "window_end"]
+    span_end = served.min() if len(served) else log_frame["window_end"].max()
+    stream_end = log_frame["window_end"].max()
+    sent = events[~events["suppressed"].astype(bool)] if len(events) else events
+    opened = sent[sent["event"] == "open"].drop_duplicates("alarm_id")
+    closed = sent[sent["event"] == "close"].drop_duplicates("alarm_id").set_index("alarm_id")["at"]
+    minutes, episodes = 0.0, 0
+    for alarm, at in zip(opened["alarm_id"], opened["at"], strict=True):
+        end = closed.get(alarm, stream_end)
+        overlap = (min(end, span_end) - max(at, drift_at)).total_seconds()
+        if overlap > 0 or drift_at <= at < span_end:
+            minutes += max(overlap, 0.0) / 60
+            episodes += int(drift_at <= at < span_end)
+    suppressed = events[events["suppressed"].astype(bool) & (events["event"] == "open")] if len(events) else events
+    suppressed_count = int(((suppressed["at"] >= drift_at) & (suppressed["at"] < span_end)).sum()) if len(events) else 0
+    injected = caught = 0
+    for sensor, readings in fleet.groupby("sensor_id"):
+        labels = readings["anomaly"].to_numpy()
+        times = readings["timestamp"].to_numpy()
+        starts = opened.loc[opened["sensor_id"] == sensor, "at"] if len(opened) else pd.Series([], dtype=object)
+        for start, stop in anomaly_episodes(labels):
+            if times[start] < drift_at:
+                continue
+            injected += 1
+            end = times[min(stop + window, len(times)) - 1]
+            caught += bool(((starts >= times[start]) & (starts <= end)).any())
+    return {
+        "alarm_episodes_after_drift": episodes,
+        "alarm_minutes_after_drift": minutes,
+        "post_drift_recall": caught / injected if injected else None,
+        "suppressed_after_drift": suppressed_count,
+    }
