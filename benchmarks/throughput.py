@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.live_producer import produce_live
 from models.detector import AnomalyDetector
 from models.registry import ModelRegistry
 from models.scoring import reconstruction_errors
@@ -459,7 +460,7 @@ def run_throughput(
     rows: int = 5000,
     partitions: int = 3,
     latency_rate: float | None = None,
-    latency_seconds: float = 10.0,
+    latency_seconds: float = 20.0,
     rounds: int = 3,
     workers: int = 1,
     fleet_sensors: int = 10_000,
@@ -484,6 +485,7 @@ def run_throughput(
     for key, value in messages:
         producer.send(topic, key=key, value=value)
     producer.flush()
+    producer.close()
     total = len(messages)
     log.info("produced %d readings to %s", total, topic)
 
@@ -539,27 +541,18 @@ def run_throughput(
                         alarm_latency_s.append(received - event["opened_at"])
         consumer.close()
 
-    def produce_live() -> None:
-        time.sleep(3.0)  # let the loop join its group
-        t0 = time.perf_counter()
-        for i in range(per_sensor):
-            now = time.time()
-            for s in range(sensors):
-                values = dict(zip(channels, rows_by_sensor[(i * sensors + s) % len(fleet)], strict=True))
-                reading = {"sensor_id": f"sensor-{s:03d}", "ts": now + s * 1e-6, "values": values}
-                producer.send(latency_topic, key=f"sensor-{s:03d}".encode(), value=encode_readings([reading]))
-            ahead = (i + 1) * sensors / latency_rate - (time.perf_counter() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
-        producer.flush()
-
     held, after_evict = fleet_memory(fleet_sensors, settings.window, len(channels), base.drift.detector)
     durable_at: dict[Path, float] = {}
 
     def note_durable(parts: list[Path], at: float) -> None:
         durable_at.update(dict.fromkeys(parts, at))
 
-    feeder = threading.Thread(target=produce_live, daemon=True)
+    # the producer runs in a process of its own, as a plant's producers do (not in the scorer's interpreter)
+    feeder = multiprocessing.get_context("spawn").Process(
+        target=produce_live,
+        args=(config.kafka, latency_topic, rows_by_sensor, channels, sensors, per_sensor, latency_rate),
+        daemon=True,
+    )
     listener = threading.Thread(target=listen_for_alarms, daemon=True)
     listener.start()
     feeder.start()
@@ -568,7 +561,6 @@ def run_throughput(
     time.sleep(1.0)  # the last alarms in flight
     listening.set()
     listener.join()
-    producer.close()
     alert_producer.close()
     latency_ms = np.concatenate(
         [
