@@ -248,8 +248,8 @@ class DriftSettings(_Section):
 
 class SinkSettings(_Section):
     error_log_dir: Path | None = Field(None, description="Parquet error log; default <data_dir>/error_log.")
-    roll_rows: int = Field(50_000, ge=1, description="Write a part (then commit) at this many rows...")
-    roll_seconds: float = Field(5.0, gt=0, description="...or when the oldest buffered row is this old.")
+    roll_rows: int = Field(50_000, ge=1, description="Checkpoint (write parts, then commit) after this many windows...")
+    roll_seconds: float = Field(5.0, gt=0, description="...or this many seconds after the last checkpoint.")
     max_write_outage_s: float = Field(
         600.0, gt=0, description="Retry failing durable writes (disk full, broker away) this long, then exit (code 74)."
     )

@@ -41,6 +41,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,19 +50,26 @@ from kafka.errors import KafkaError
 
 from models.detector import AnomalyDetector
 from pipeline.alarms import AlarmTracker
+from pipeline.checkpointer import Checkpointer, CheckpointSettings, CommitOffsets
 from pipeline.drift import DriftMonitor
 from pipeline.durability import RetryPolicy
 from pipeline.messages import BatchDecoder
 from pipeline.metrics import ScoringMetrics
 from pipeline.scorer import Reconstruction, ScoredBatch, WindowScorer, share_cores
-from pipeline.sinks import AlarmEventSink, DeadLetter, DeadLetterSink, DriftEventSink, ErrorLogSink, ScoredWindows
+from pipeline.sinks import (
+    AlarmEventSink,
+    DeadLetter,
+    DeadLetterSink,
+    DriftEventSink,
+    DurableSink,
+    ErrorLogSink,
+    ScoredWindows,
+)
 from pipeline.sources import Assignment, Record, Source, TopicPartitionKey
 from pipeline.stage_clock import StageClock
 from pipeline.windows import WindowAssembler, WindowBatch
 
 log = logging.getLogger(__name__)
-
-CommitOffsets = dict[TopicPartitionKey, tuple[int, dict[str, Any]]]
 
 
 class EventPublisher(Protocol):
@@ -115,6 +123,7 @@ class LoopSettings:
     write_retry: RetryPolicy = RetryPolicy()  # disk full, I/O or broker errors on durable writes
     liveness_s: float = 120.0  # /healthz fails when the loop has not iterated for this long
     ready_commit_age_s: float = 60.0  # /readyz fails when work waits uncommitted for longer than this
+    checkpoint: CheckpointSettings = CheckpointSettings()  # how often to make durable and commit
 
 
 class ScoringLoop:
@@ -155,10 +164,7 @@ class ScoringLoop:
         self._hooks = LoopHooks()  # those of the current run
         self._late_seen = self._restarts_seen = 0  # assembler counts already passed to the metrics
         self.source: Source | None = None
-        self._emit_from: dict[TopicPartitionKey, int] = {}
-        self._processed: dict[TopicPartitionKey, int] = {}  # next offset to commit: never moves backwards
-        self._read_to: dict[TopicPartitionKey, int] = {}  # next offset read (lower than the above while replaying)
-        self._rewind_floor: dict[TopicPartitionKey, int] = {}  # assigned rewind point, kept until replayed
+        self.checkpointer = Checkpointer(settings.checkpoint)  # partition positions and checkpoint cadence
         self._stop = False
         self._latest_ts = 0.0
         self._event_clock = EventClock()
@@ -171,9 +177,6 @@ class ScoringLoop:
         self._serving = (scorer.detector, scorer.model_version)  # what the next submitted batch is scored on
         self._inflight: deque[Future[Any]] = deque()
         self._checkpoints: deque[Future[CommitOffsets]] = deque()
-        self._uncheckpointed = 0  # messages processed since the last checkpoint was requested
-        self._rows_since_checkpoint = 0
-        self._last_checkpoint = time.monotonic()
         self._last_scored: tuple[float, str] | None = None  # (perf_counter, model version) of the last batch
         self._failed = False  # after a failure nothing more is committed: the next start redoes the rest
         self._scorer_failed = False  # set on the scorer thread: nothing after a failed batch runs there
@@ -202,11 +205,11 @@ class ScoringLoop:
         """What ``/readyz`` reports: assigned partitions, a live model watcher, commits keeping up."""
         now = time.monotonic()
         commit_age = None if self._last_commit is None else now - self._last_commit
-        waiting = bool(self._uncheckpointed or self._checkpoints)
+        waiting = bool(self.checkpointer.uncheckpointed or self._checkpoints)
         since = self._last_commit if self._last_commit is not None else self._last_activity
         checks = {
             "alive": self.liveness()["ok"],
-            "assigned": bool(self._emit_from),
+            "assigned": bool(self.checkpointer.partitions),
             "watcher_alive": self.watcher is None or bool(getattr(self.watcher, "alive", True)),
             "committing": not waiting or now - since < self.settings.ready_commit_age_s,
         }
@@ -214,7 +217,7 @@ class ScoringLoop:
             "ok": all(checks.values()),
             **checks,
             "last_commit_age_s": None if commit_age is None else round(commit_age, 3),
-            "partitions": len(self._emit_from),
+            "partitions": self.checkpointer.partitions,
         }
 
     def _check_period(self) -> None:
@@ -296,16 +299,11 @@ class ScoringLoop:
                 restored = self.alarms.restore(a.topic, a.partition, a.metadata.get("alarms"))
                 if restored:
                     log.info("%s-%d: %d open alarm(s) taken over from the last commit", a.topic, a.partition, restored)
-            self._emit_from[tp] = a.committed
-            self._processed[tp] = a.committed
-            self._read_to[tp] = a.committed
-            self._rewind_floor.pop(tp, None)
             rewind = a.metadata.get("rewind_offset")
-            if isinstance(rewind, int) and 0 <= rewind < a.committed and self.source is not None:
+            replay = isinstance(rewind, int) and 0 <= rewind < a.committed and self.source is not None
+            self.checkpointer.assign(tp, a.committed, rewind if replay else None)
+            if replay and self.source is not None and isinstance(rewind, int):
                 self.source.seek(a.topic, a.partition, rewind)
-                self._read_to[tp] = rewind
-                # until the replay is read back, the open windows of this partition exist only as this point
-                self._rewind_floor[tp] = rewind
                 log.info(
                     "%s-%d: assigned at offset %d; rebuilding windows from offset %d",
                     a.topic,
@@ -323,10 +321,7 @@ class ScoringLoop:
         if self.alarms is not None:
             self.alarms.drop_partitions(partitions)  # committed with the offsets: the next owner continues them
         for tp in partitions:
-            self._emit_from.pop(tp, None)
-            self._processed.pop(tp, None)
-            self._read_to.pop(tp, None)
-            self._rewind_floor.pop(tp, None)
+            self.checkpointer.revoke(tp)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(
@@ -374,7 +369,7 @@ class ScoringLoop:
                     self.process(records)
                     self._last_activity = now
                 self._harvest()
-                if self._checkpoint_due(idle=not records, now=now):
+                if self.checkpointer.due(idle=not records, now=now):
                     self._request_checkpoint()
                 self._commit_completed()
                 if now - last_lag >= self.settings.lag_every_s:
@@ -420,7 +415,7 @@ class ScoringLoop:
         """Decode and window one polled batch, then score it (on the scorer thread when pipelined)."""
         started = time.perf_counter()
         windows = self._assemble(records)
-        self._rows_since_checkpoint += len(windows)
+        self.checkpointer.note(windows=len(windows))
         detector, version = self._serving
         if self._model_pool is None:
             self._score_and_buffer(self._reconstruct(windows, detector, version), started)
@@ -447,12 +442,12 @@ class ScoringLoop:
         clock = self.stage_clock
         with clock.measure("decode"):
             decoded = self._batch_decoder().decode([(record.value, record.key) for record in records], self._ts_range())
-            emit_from = self._emit_from
+            checkpointer = self.checkpointer
             topics = [record.topic for record in records]
             partitions = np.fromiter((record.partition for record in records), dtype=np.int64, count=len(records))
             offsets = np.fromiter((record.offset for record in records), dtype=np.int64, count=len(records))
             floors = np.fromiter(
-                (emit_from.setdefault((record.topic, record.partition), 0) for record in records),
+                (checkpointer.floor((record.topic, record.partition)) for record in records),
                 dtype=np.int64,
                 count=len(records),
             )
@@ -463,11 +458,9 @@ class ScoringLoop:
             if len(decoded):
                 self._latest_ts = max(self._latest_ts, float(decoded.ts.max()))
                 self._event_clock.observe_many(decoded.ts)
-            for record in records:  # per partition, the last record of the batch
-                self._read_to[(record.topic, record.partition)] = record.offset + 1
-            for tp, next_offset in self._read_to.items():
-                if next_offset > self._processed.get(tp, 0):
-                    self._processed[tp] = next_offset
+            read_to = {(record.topic, record.partition): record.offset + 1 for record in records}  # the last wins
+            for tp, next_offset in read_to.items():
+                checkpointer.read(tp, next_offset)
             live_messages = int(live.sum())
             live_readings = int(live[decoded.message].sum())
         with clock.measure("windows"):
@@ -481,12 +474,11 @@ class ScoringLoop:
                 offsets[source],
             )
             if not live.all() and len(windows):  # replaying up to the committed offsets: emit only past them
-                floor = [
-                    emit_from.get((topic, int(p)), 0) for topic, p in zip(windows.topic, windows.partition, strict=True)
-                ]
+                pairs = zip(windows.topic, windows.partition, strict=True)
+                floor = [checkpointer.floor((topic, int(p))) for topic, p in pairs]
                 windows = windows.select(windows.end_offset >= np.array(floor, dtype=np.int64))
         late_before = self._late_seen
-        self._uncheckpointed += len(records)
+        self.checkpointer.note(messages=len(records))
         self.stats.messages += live_messages
         self.stats.readings += live_readings
         self.metrics.messages_in.inc(live_messages)
@@ -670,33 +662,9 @@ class ScoringLoop:
                 self.events.publish({"type": "drift", **event.to_dict()})
         return flags
 
-    def _checkpoint_due(self, *, idle: bool, now: float) -> bool:
-        if not self._uncheckpointed:
-            return False
-        return (
-            idle
-            or self._rows_since_checkpoint >= self.error_log.roll_rows
-            or now - self._last_checkpoint >= self.error_log.roll_seconds
-        )
-
     def _commit_offsets(self) -> CommitOffsets:
-        """What to commit for everything processed so far: next offsets, each with its rewind point.
-
-        A partition still replaying towards its committed offset keeps the rewind point it was assigned
-        with: its windows are not rebuilt yet, so the assembler alone would forget where they start.
-        """
-        rewind = self.assembler.rewind_offsets()
-        offsets: CommitOffsets = {}
-        for tp, offset in self._processed.items():
-            point = min(rewind.get(tp, offset), offset)
-            floor = self._rewind_floor.get(tp)
-            if floor is not None:
-                if self._read_to.get(tp, offset) >= self._emit_from.get(tp, 0):
-                    del self._rewind_floor[tp]  # replayed: the assembler holds those readings again
-                else:
-                    point = min(point, floor)
-            offsets[tp] = (offset, {"v": 1, "rewind_offset": point})
-        return offsets
+        """What to commit for everything processed so far (see :meth:`Checkpointer.offsets`)."""
+        return self.checkpointer.offsets(self.assembler.rewind_offsets())
 
     def _durably(self, write: Callable[[], Any], sink: str) -> Any:
         """Run ``write`` under the retry policy: a failing disk or broker is waited out, never skipped."""
@@ -712,12 +680,13 @@ class ScoringLoop:
             for tp, carried in self.alarms.snapshot().items():
                 if tp in offsets:
                     offsets[tp][1]["alarms"] = carried
-        return Sealed(
-            offsets,
-            self.error_log.seal(),
-            self.drift_events.seal() if self.drift_events is not None else [],
-            self.alarm_log.seal() if self.alarm_log is not None else [],
-        )
+        return Sealed(offsets, [(sink, sink.seal()) for sink in self.durable_sinks])
+
+    @property
+    def durable_sinks(self) -> list[DurableSink]:
+        """The sinks each checkpoint seals and writes before it commits (error log, drift events, alarms)."""
+        sinks: list[DurableSink | None] = [self.error_log, self.drift_events, self.alarm_log]
+        return [sink for sink in sinks if sink is not None]
 
     def _write_sealed(self, sealed: Sealed | Future[Sealed]) -> CommitOffsets:
         """Writer stage: write what was sealed durably (retrying through faults) and flush the publishers.
@@ -725,22 +694,16 @@ class ScoringLoop:
         On its own thread when pipelined, so the scorer goes on judging (and alarming) while Parquet
         parts are written and fsynced; one writer keeps the checkpoints in order.
         """
-        rows = sealed.result() if isinstance(sealed, Future) else sealed
+        taken = sealed.result() if isinstance(sealed, Future) else sealed
         with self.stage_clock.measure("durable"):
-            parts: list[Path] = self._durably(lambda: self.error_log.write(rows.error_rows), "error_log")
-            if parts and self._hooks.on_durable is not None:
-                self._hooks.on_durable(parts, time.time())
-            if self.drift_events is not None:
-                drift_events = self.drift_events
-                self._durably(lambda: drift_events.write(rows.drift_events), "drift_events")
-            if self.events is not None:
-                self._durably(self.events.flush, "events")
-            if self.alarm_log is not None:
-                alarm_log = self.alarm_log
-                self._durably(lambda: alarm_log.write(rows.alarm_events), "alarms")
-            if self.alerts is not None:
-                self._durably(self.alerts.flush, "alerts")
-        return rows.offsets
+            for sink, rows in taken.rows:
+                written = self._durably(partial(sink.write, rows), sink.name)
+                if sink is self.error_log and written and self._hooks.on_durable is not None:
+                    self._hooks.on_durable(written, time.time())
+            for name, publisher in (("events", self.events), ("alerts", self.alerts)):
+                if publisher is not None:
+                    self._durably(publisher.flush, name)
+        return taken.offsets
 
     def _make_durable(self, offsets: CommitOffsets) -> CommitOffsets:
         """Seal and write on the calling thread (nothing else in flight): the offsets, now committable."""
@@ -750,8 +713,7 @@ class ScoringLoop:
         """Snapshot the offsets now; commit them once the scorer sealed, and the writer made durable, all
         work before them."""
         offsets = self._commit_offsets()
-        self._uncheckpointed = self._rows_since_checkpoint = 0
-        self._last_checkpoint = time.monotonic()
+        self.checkpointer.taken()
         if self._worker is None or self._writer is None:
             self._commit(self._make_durable(offsets), time.perf_counter())
             return
@@ -769,8 +731,7 @@ class ScoringLoop:
         """Make everything produced so far durable, then commit offsets (with the rewind point)."""
         started = time.perf_counter()
         self._drain()
-        self._uncheckpointed = self._rows_since_checkpoint = 0
-        self._last_checkpoint = time.monotonic()
+        self.checkpointer.taken()
         self._commit(self._make_durable(self._commit_offsets()), started)
 
     def _commit_sealed_before_failure(self) -> None:
@@ -804,7 +765,7 @@ class ScoringLoop:
                 self.source.commit(offsets)
         except KafkaError as error:  # data is durable; a later commit (or a replay) covers it
             log.warning("offset commit failed (%s); will retry at the next checkpoint", error)
-            self._uncheckpointed += 1
+            self.checkpointer.commit_failed()
             return
         self.stats.commits += 1
         self._last_commit = time.monotonic()
@@ -823,12 +784,10 @@ class ScoringLoop:
 
 @dataclass(frozen=True)
 class Sealed:
-    """A checkpoint's offsets and the rows buffered before it, taken from the sinks for the writer."""
+    """A checkpoint's offsets and what each durable sink had buffered before it, for the writer."""
 
     offsets: CommitOffsets
-    error_rows: list[ScoredWindows]
-    drift_events: list[dict[str, Any]]
-    alarm_events: list[dict[str, Any]]
+    rows: list[tuple[DurableSink, Any]]
 
 
 class EventClock:

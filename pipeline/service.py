@@ -21,6 +21,7 @@ from kafka.errors import KafkaError, NoBrokersAvailable
 from models.registry import ModelRegistry
 from models.training import resolve_device
 from pipeline.alarms import AlarmTracker
+from pipeline.checkpointer import CheckpointSettings
 from pipeline.config import DriftlineConfig
 from pipeline.consumer import EventPublisher, LoopSettings, LoopStats, ScoringLoop
 from pipeline.drift import DriftMonitor
@@ -95,7 +96,7 @@ def build_loop(
         )
     assembler = WindowAssembler(scorer.window, w.stride, period, max_fill, w.idle_ttl_s)
     sinks = config.sinks
-    error_log = ErrorLogSink(config.error_log_dir, scorer.channels, sinks.roll_rows, sinks.roll_seconds)
+    error_log = ErrorLogSink(config.error_log_dir, scorer.channels)
     model_threads = config.scoring.model_threads or default_model_threads(str(resolve_device(config.model.device)))
     allowed = frozenset(config.scoring.allowed_sensors) if config.scoring.allowed_sensors is not None else None
     settings = LoopSettings(
@@ -110,6 +111,7 @@ def build_loop(
         max_future_skew_s=config.scoring.max_future_skew_s,
         write_retry=RetryPolicy(give_up_after_s=config.sinks.max_write_outage_s),
         ready_commit_age_s=config.metrics.ready_commit_age_s,
+        checkpoint=CheckpointSettings(every_rows=sinks.roll_rows, every_s=sinks.roll_seconds),
     )
     log.info(
         "serving model %s (%s) on %s, window %d, channels %s",

@@ -4,8 +4,10 @@
 
     <root>/errors/date=2026-01-01/part-<topic>-<partition>-<first offset>-<last offset>.parquet
 
-Rows are buffered and written when ``roll_rows`` rows or ``roll_seconds`` have accumulated (the
-consumer commits right after). A part is written to a temporary name, fsynced and renamed, so a
+Rows are buffered and written at each checkpoint of the scoring loop (its cadence:
+``sinks.roll_rows`` windows or ``sinks.roll_seconds``, see :mod:`pipeline.checkpointer`), which
+commits right after. Every sink the loop makes durable follows :class:`DurableSink` (seal on the
+scorer thread, write on the writer thread). A part is written to a temporary name, fsynced and renamed, so a
 half-written part is never visible. **No duplicates after a crash:** a part holds the windows of
 one source partition whose last readings lie at offsets ``first..last``; when a partition is
 assigned with committed offset ``c``, every part of it with ``first >= c`` was written but never
@@ -107,13 +109,40 @@ def _epoch_ms(seconds: np.ndarray) -> pa.Array:
     )
 
 
+class DurableSink(Protocol):
+    """What the scoring loop makes durable at each checkpoint, before it commits the offsets.
+
+    Rows are buffered by the sink's own ``append`` (scorer thread); :meth:`seal` hands over what was
+    buffered so far, in order with the batches (scorer thread); :meth:`write` makes that durable and
+    returns only then (writer thread; it is retried after a failure, so it must be safe to redo).
+    A new sink is one class with these three methods, listed in ``ScoringLoop.durable_sinks``.
+    """
+
+    name: str  # in the write-failure metric's ``sink`` label
+
+    def seal(self) -> Any: ...
+
+    def write(self, sealed: Any) -> Any: ...
+
+
 class ErrorLogSink:
-    def __init__(self, root: Path, channels: Sequence[str], roll_rows: int = 50_000, roll_seconds: float = 5.0) -> None:
+    """The error log: one row per scored window, as Parquet parts per day, topic and partition.
+
+    >>> import tempfile
+    >>> sink = ErrorLogSink(Path(tempfile.mkdtemp()), ["flow"])
+    >>> one, no = np.array([0]), np.array([False])
+    >>> sink.append(ScoredWindows(["s1"], np.array([0.0]), np.array([29.0]), np.array([0.5]), np.array([[0.5]]),
+    ...                           0.9, no, no, no, "v1", ["t"], one, one, np.array([29])))
+    >>> [part.name for part in sink.write(sink.seal())]
+    ['part-t-0-00000000000000000029-00000000000000000029.parquet']
+    """
+
+    name = "error_log"
+
+    def __init__(self, root: Path, channels: Sequence[str]) -> None:
         self.root = Path(root) / "errors"
         self.channels = tuple(channels)
         self.schema = error_log_schema(self.channels)
-        self.roll_rows = roll_rows
-        self.roll_seconds = roll_seconds
         self._pending: list[ScoredWindows] = []
 
     def append(self, batch: ScoredWindows) -> None:
@@ -263,6 +292,7 @@ class DriftEventSink(_EventPartSink):
     """Drift events as small Parquet parts (events are rare), written at each flush."""
 
     folder, prefix, time_key = "drift_events", "events", "ts"
+    name = "drift_events"
 
     def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
         return pa.table(
@@ -310,6 +340,7 @@ class AlarmEventSink(_EventPartSink):
     """Alarm events as small Parquet parts under ``alarms/``, written at each flush (before the commit)."""
 
     folder, prefix, time_key = "alarms", "alarms", "at"
+    name = "alarms"
 
     def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
         def stamps(key: str) -> pa.Array:

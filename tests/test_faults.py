@@ -19,6 +19,7 @@ from test_scoring_loop import CHANNELS, WINDOW, ListSource
 from models.detector import AnomalyDetector
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
+from pipeline.checkpointer import CheckpointSettings
 from pipeline.consumer import LoopSettings, ScoringLoop
 from pipeline.durability import RetryPolicy, WriteOutageError
 from pipeline.messages import encode_readings
@@ -62,13 +63,16 @@ def stream(n: int, sensors: int, extra: dict[int, bytes] | None = None) -> list[
     return out
 
 
+EVERY_40_WINDOWS = CheckpointSettings(every_rows=40, every_s=3600)
+
+
 def loop_for(detector: AnomalyDetector, root: Path, error_log: ErrorLogSink | None = None, **settings) -> ScoringLoop:
     return ScoringLoop(
         WindowScorer(detector, "v1"),
         WindowAssembler(WINDOW, idle_ttl_s=60),
-        error_log or ErrorLogSink(root, CHANNELS, roll_rows=40, roll_seconds=3600),
+        error_log or ErrorLogSink(root, CHANNELS),
         DeadLetterFile(root / "dead.jsonl"),
-        settings=LoopSettings(max_poll_records=16, **settings),
+        settings=LoopSettings(max_poll_records=16, checkpoint=EVERY_40_WINDOWS, **settings),
     )
 
 
@@ -98,7 +102,7 @@ class FlakyDisk(ErrorLogSink):
     """An error log whose first ``failures`` durable writes fail as a full disk would."""
 
     def __init__(self, root: Path, failures: int) -> None:
-        super().__init__(root, CHANNELS, roll_rows=40, roll_seconds=3600)
+        super().__init__(root, CHANNELS)
         self.failures = failures
         self.attempts = 0
 

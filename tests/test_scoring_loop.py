@@ -21,6 +21,7 @@ import pytest
 from models.detector import AnomalyDetector
 from models.training import TrainingConfig
 from pipeline.alarms import AlarmTracker
+from pipeline.checkpointer import CheckpointSettings
 from pipeline.consumer import LoopSettings, ScoringLoop
 from pipeline.messages import encode_readings
 from pipeline.scorer import WindowScorer
@@ -30,6 +31,8 @@ from pipeline.windows import Window, WindowAssembler, WindowBatch
 
 CHANNELS = ("a", "b")
 WINDOW = 5
+HOURLY = CheckpointSettings(every_s=3600)
+EVERY_BATCH = CheckpointSettings(every_s=0.0)  # a checkpoint after every batch
 
 
 class ListSource:
@@ -81,13 +84,15 @@ def records(n_per_sensor: int = 60, sensors: int = 3) -> list[Record]:
     return out
 
 
-def make_loop(detector: AnomalyDetector, root: Path, *, pipelined: bool) -> ScoringLoop:
+def make_loop(
+    detector: AnomalyDetector, root: Path, *, pipelined: bool, checkpoint: CheckpointSettings = HOURLY
+) -> ScoringLoop:
     return ScoringLoop(
         WindowScorer(detector, "v1"),
         WindowAssembler(WINDOW),
-        ErrorLogSink(root, CHANNELS, roll_seconds=3600),
+        ErrorLogSink(root, CHANNELS),
         DeadLetterFile(root / "dead.jsonl"),
-        settings=LoopSettings(pipelined=pipelined, max_poll_records=16),
+        settings=LoopSettings(pipelined=pipelined, max_poll_records=16, checkpoint=checkpoint),
     )
 
 
@@ -135,8 +140,7 @@ def test_a_model_swap_lands_between_two_micro_batches(detector: AnomalyDetector,
 def test_a_scorer_failure_stops_the_loop_and_commits_nothing_unwritten(
     detector: AnomalyDetector, tmp_path: Path
 ) -> None:
-    loop = make_loop(detector, tmp_path, pipelined=True)
-    loop.error_log = ErrorLogSink(tmp_path, CHANNELS, roll_seconds=0.0)  # a checkpoint after every batch
+    loop = make_loop(detector, tmp_path, pipelined=True, checkpoint=EVERY_BATCH)
     real_reconstruct = loop.scorer.reconstruct
     calls = {"n": 0}
 
@@ -162,8 +166,7 @@ def test_a_scorer_failure_stops_the_loop_and_commits_nothing_unwritten(
 def test_a_failed_commit_is_retried_at_the_next_checkpoint(detector: AnomalyDetector, tmp_path: Path) -> None:
     from kafka.errors import CommitFailedError
 
-    loop = make_loop(detector, tmp_path, pipelined=True)
-    loop.error_log = ErrorLogSink(tmp_path, CHANNELS, roll_seconds=0.0)
+    loop = make_loop(detector, tmp_path, pipelined=True, checkpoint=EVERY_BATCH)
     source = ListSource(records(), batch=16)
     real_commit = source.commit
     failures = {"left": 1}
@@ -202,8 +205,7 @@ def test_streamed_windows_score_as_the_detector_scores_its_readings() -> None:
 
 
 def test_the_loop_checkpoints_every_roll_rows_windows(detector: AnomalyDetector, tmp_path: Path) -> None:
-    loop = make_loop(detector, tmp_path, pipelined=True)
-    loop.error_log = ErrorLogSink(tmp_path, CHANNELS, roll_rows=40, roll_seconds=3600)
+    loop = make_loop(detector, tmp_path, pipelined=True, checkpoint=CheckpointSettings(every_rows=40, every_s=3600))
     source = ListSource(records(), batch=16)
     stats = loop.run(source, idle_timeout_s=0)
     parts = list((tmp_path / "errors").rglob("*.parquet"))
@@ -237,9 +239,9 @@ def test_the_loop_sends_alarms_at_once_and_keeps_suppressed_ones_off_the_alerts(
     loop = ScoringLoop(
         WindowScorer(detector, "v1"),
         WindowAssembler(WINDOW),
-        ErrorLogSink(tmp_path, CHANNELS, roll_seconds=3600),
+        ErrorLogSink(tmp_path, CHANNELS),
         DeadLetterFile(tmp_path / "dead.jsonl"),
-        settings=LoopSettings(pipelined=True, max_poll_records=16),
+        settings=LoopSettings(pipelined=True, max_poll_records=16, checkpoint=HOURLY),
         alarms=AlarmTracker(quiet_s=5.0, channels=CHANNELS, regime_policy="suppress"),
         alerts=alerts,
         alarm_log=AlarmEventSink(tmp_path),
@@ -305,9 +307,9 @@ def test_alarms_go_out_while_an_earlier_checkpoint_is_still_being_written(
     loop = ScoringLoop(
         WindowScorer(always, "v1"),
         WindowAssembler(WINDOW),
-        SlowDisk(tmp_path, CHANNELS, roll_seconds=0.0),  # a checkpoint after every batch
+        SlowDisk(tmp_path, CHANNELS),
         DeadLetterFile(tmp_path / "dead.jsonl"),
-        settings=LoopSettings(pipelined=True, max_poll_records=8),
+        settings=LoopSettings(pipelined=True, max_poll_records=8, checkpoint=EVERY_BATCH),
         alarms=AlarmTracker(quiet_s=5.0, channels=CHANNELS),
         alerts=alerts,
     )
