@@ -703,6 +703,7 @@ def demo(app: _AppContext, out_dir: Path | None, epochs: int | None, rate: float
     import shutil
     from dataclasses import replace
 
+    require_extra("matplotlib", "report", "the demo's report")
     from pipeline.demo import default_spec, run_demo
 
     config = app.config
@@ -946,6 +947,7 @@ def report(
     log_dir: Path | None,
 ) -> None:
     """Write an HTML report (and PNGs) of errors, anomalies, drift, model versions and retraining."""
+    require_extra("matplotlib", "report", "driftline report")
     from pipeline.report import build_report
     from pipeline.time_spans import resolve_span
 
@@ -961,6 +963,20 @@ def report(
     )
     figures, sensors_shown = len(result.figures), len(result.sensors)
     click.echo(f"report: {result.html} ({figures} figures, {result.windows:,} windows, {sensors_shown} sensors)")
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """Stop with an instruction when ``module`` (from the optional extra ``extra``) is not installed.
+
+    >>> require_extra("json", "report", "a test")  # installed: nothing happens
+    """
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise click.ClickException(
+            f"{what} needs {module}, which serving does not: pip install 'driftline[{extra}]' "
+            "(scripts/bootstrap installs it)"
+        )
 
 
 def _log_to_file(path: Path) -> None:

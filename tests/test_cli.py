@@ -40,3 +40,18 @@ def test_bad_config_is_a_usage_error_naming_the_key() -> None:
     result = CliRunner().invoke(cli, ["config", "show"], env={"DRIFTLINE_KAFKA__GRUOP_ID": "x"})
     assert result.exit_code == 2
     assert "kafka.gruop_id: unknown key" in result.output
+
+
+def test_report_without_its_extra_says_how_to_install_it(monkeypatch, tmp_path) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def without_matplotlib(name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return None if name == "matplotlib" else real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_matplotlib)
+    for command in (["report"], ["demo"]):
+        result = CliRunner().invoke(cli, ["--set", f"data_dir={tmp_path}", *command])
+        assert result.exit_code == 1, result.output
+        assert "pip install 'driftline[report]'" in result.output
