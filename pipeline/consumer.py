@@ -53,7 +53,7 @@ from pipeline.alarms import AlarmTracker
 from pipeline.checkpointer import Checkpointer, CheckpointSettings, CommitOffsets
 from pipeline.drift import DriftMonitor
 from pipeline.durability import RetryPolicy
-from pipeline.messages import BatchDecoder
+from pipeline.messages import BatchDecoder, message_bytes
 from pipeline.metrics import ScoringMetrics
 from pipeline.scorer import Reconstruction, ScoredBatch, WindowScorer, share_cores
 from pipeline.sinks import (
@@ -639,7 +639,15 @@ class ScoringLoop:
     def _dead_letter(self, record: Record, code: str, reason: str) -> None:
         log.warning("dead letter %s-%d@%d [%s]: %s", record.topic, record.partition, record.offset, code, reason)
         self.dead_letters.send(
-            DeadLetter(reason, record.topic, record.partition, record.offset, record.key, record.value, code=code)
+            DeadLetter(
+                reason,
+                record.topic,
+                record.partition,
+                record.offset,
+                record.key,
+                message_bytes(record.value),
+                code=code,
+            )
         )
         self.stats.dead_letters += 1
         self.metrics.dead_letters.labels(reason=code).inc()  # a closed set: REJECTION_CODES

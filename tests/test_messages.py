@@ -208,3 +208,19 @@ def test_a_failing_fast_path_falls_back_to_message_by_message(monkeypatch: pytes
     batch = decoder.decode([(raw, None), (b"{", None)])
     assert batch.sensor_id == ["p"]
     assert [(i, r.code) for i, r in batch.rejections] == [(1, "invalid_json")]
+
+
+def test_a_file_sources_readings_decode_as_their_messages_would() -> None:
+    readings = [
+        {"sensor_id": "s1", "ts": 1_700_000_000.0, "values": {"flow": 1.0, "pressure": 2.0}},
+        {"sensor_id": "s1", "ts": 1_700_000_001.0, "values": {"flow": float("nan"), "pressure": 2.0}},
+        {"sensor_id": "s2", "ts": 1_700_000_002.0, "values": {"flow": 3.0}},  # a channel missing
+    ]
+    as_dicts = BatchDecoder(CHANNELS).decode([(r, None) for r in readings])
+    as_bytes = BatchDecoder(CHANNELS).decode([(encode_readings([r]), None) for r in readings])
+    assert as_dicts.sensor_id == as_bytes.sensor_id == ["s1"]
+    np.testing.assert_array_equal(as_dicts.values, as_bytes.values)
+    assert [(i, r.code, r.reason) for i, r in as_dicts.rejections] == [
+        (i, r.code, r.reason) for i, r in as_bytes.rejections
+    ]
+    assert len(as_dicts.rejections) == 2
