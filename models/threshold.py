@@ -308,8 +308,7 @@ class StreamingAlarm:
         for key, run in zip(names, runs, strict=True):
             before = self._recent.get(key, ())[-(alarm.n - 1) :]
             sequence = np.concatenate([np.array(before, dtype=bool), hits[run]])
-            counts = np.convolve(sequence.astype(np.int64), np.ones(alarm.n, dtype=np.int64))[: sequence.size]
-            out[run] = counts[len(before) :] >= alarm.k
+            out[run] = alarm.apply(sequence)[len(before) :]  # the one k-of-n rule, over history + this batch
             self._recent[key] = tuple(sequence[-alarm.n :].tolist())
         return out
 
