@@ -22,6 +22,14 @@ from models.atomic import atomic_file
 
 
 class ReplayBuffer:
+    """At most ``capacity`` normal windows ``[window, n_channels]``, a uniform sample of all ever added.
+
+    >>> buffer = ReplayBuffer(capacity=10, window=4, n_channels=1)
+    >>> buffer.add(np.arange(80.0).reshape(20, 4, 1))
+    >>> buffer.sample(3).shape, buffer.seen
+    ((3, 4, 1), 20)
+    """
+
     def __init__(self, capacity: int, window: int, n_channels: int, seed: int = 0) -> None:
         if capacity < 1:
             raise ValueError("replay capacity must be >= 1")

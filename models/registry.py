@@ -52,6 +52,8 @@ class RegistryError(RuntimeError):
 
 @dataclass(frozen=True)
 class VersionInfo:
+    """One line of ``driftline model list``: a version, where it lives, when, and whether it serves."""
+
     version: str
     path: Path
     created_at: str
@@ -62,6 +64,25 @@ class VersionInfo:
 
 
 class ModelRegistry:
+    """Immutable model versions under ``<root>/versions/v000001/...`` and the ``CURRENT.json`` pointer.
+
+    :meth:`publish` writes a version (and promotes it if asked), :meth:`promote` / :meth:`rollback`
+    move the pointer (after verifying the target loads), :meth:`load_for_serving` is what the scorer
+    loads; every decision is appended to ``decisions.jsonl``.
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from models.detector import AnomalyDetector
+    >>> from models.training_config import TrainingConfig
+    >>> detector = AnomalyDetector.fit(np.random.default_rng(0).normal(size=(300, 2)), window=8, hidden_size=4,
+    ...                                latent_size=1, training=TrainingConfig(epochs=1, progress=False))
+    >>> registry = ModelRegistry(Path(tempfile.mkdtemp()))
+    >>> registry.publish(detector, promote=True), registry.publish(detector), registry.current_version()
+    ('v000001', 'v000002', 'v000001')
+    >>> registry.promote("v000002"), registry.rollback()
+    ('v000002', 'v000001')
+    """
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.versions_dir = self.root / "versions"

@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 
 
 class EventPublisher(Protocol):
+    """Events sent as they happen (drift and model swaps to the events topic, alarms to the alerts topic);
+    ``flush`` returns once every event published so far is delivered (each checkpoint calls it)."""
+
     def publish(self, event: dict[str, Any]) -> None: ...
 
     def flush(self) -> None: ...
@@ -93,6 +96,8 @@ class LoopHooks:
 
 @dataclass
 class LoopStats:
+    """What one :meth:`ScoringLoop.run` did: counts of messages, readings, windows, anomalies, commits."""
+
     messages: int = 0
     readings: int = 0
     windows: int = 0
@@ -110,6 +115,8 @@ class LoopStats:
 
 @dataclass(frozen=True)
 class LoopSettings:
+    """The loop's knobs; :func:`pipeline.service.build_loop` fills them from the configuration."""
+
     poll_timeout_s: float = 0.5
     max_poll_records: int = 2000
     max_message_bytes: int = 1_000_000
@@ -127,6 +134,31 @@ class LoopSettings:
 
 
 class ScoringLoop:
+    """Poll -> decode -> window -> score -> judge -> drift and alarms -> durable sinks -> commit.
+
+    Build it with :func:`pipeline.service.build_loop` (what ``serve``, the demo and the benchmarks use)
+    or by hand, as here, from a scorer, a window assembler and sinks; :meth:`run` consumes a
+    :class:`pipeline.sources.Source` until it is idle, stopped or a bound is reached.
+
+    >>> import tempfile
+    >>> from pipeline.messages import encode_readings
+    >>> from pipeline.sinks import DeadLetterFile
+    >>> from pipeline.sources import PacedSource
+    >>> from models.training_config import TrainingConfig
+    >>> rng = np.random.default_rng(0)
+    >>> detector = AnomalyDetector.fit(rng.normal(size=(300, 2)), window=5, hidden_size=4, latent_size=1,
+    ...                                channels=("a", "b"), training=TrainingConfig(epochs=1, progress=False))
+    >>> root = Path(tempfile.mkdtemp())
+    >>> loop = ScoringLoop(WindowScorer(detector, "v1"), WindowAssembler(5), ErrorLogSink(root, ("a", "b")),
+    ...                    DeadLetterFile(root / "dead.jsonl"))
+    >>> messages = [encode_readings([{"sensor_id": "s1", "ts": 1.7e9 + t, "values": {"a": 0.0, "b": 1.0}}])
+    ...             for t in range(20)] + [b"not json"]
+    >>> source = PacedSource([Record("t", 0, i, b"s1", m) for i, m in enumerate(messages)], rate=1e6)
+    >>> stats = loop.run(source, idle_timeout_s=0)
+    >>> stats.messages, stats.windows, stats.dead_letters, stats.commits
+    (21, 16, 1, 1)
+    """
+
     def __init__(
         self,
         scorer: WindowScorer,

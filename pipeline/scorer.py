@@ -43,6 +43,8 @@ def share_cores(model_threads: int) -> None:
 
 @dataclass(frozen=True)
 class ScoredBatch:
+    """A judged micro-batch: per window its error, per-channel errors, exceedance, alarm and threshold."""
+
     windows: WindowBatch
     error: np.ndarray  # [n]
     channel_error: np.ndarray  # [n, channels]

@@ -431,6 +431,9 @@ class DeadLetter:
 
 
 class DeadLetterSink(Protocol):
+    """Where refused messages go (:class:`DeadLetterFile`, :class:`KafkaDeadLetters`); ``flush`` returns
+    once every letter sent so far is durable (before each commit, on the consumer thread)."""
+
     def send(self, letter: DeadLetter) -> None: ...
 
     def flush(self) -> None: ...

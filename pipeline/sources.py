@@ -52,6 +52,15 @@ class Assignment:
 
 
 class Source(Protocol):
+    """Where the scoring loop's messages come from: a Kafka consumer group (:class:`KafkaSource`), a
+    file (:class:`FileSource`) or memory (:class:`PacedSource`). The loop polls, commits, seeks (to a
+    rewind point on assignment) and reads the lag, all on its consumer thread.
+
+    >>> source: Source = PacedSource([Record("t", 0, 0, b"s1", b"{}")], rate=1e6)
+    >>> [record.offset for record in source.poll(0.1, 10)], source.lag()
+    ([0], {('t', 0): 0})
+    """
+
     def poll(self, timeout_s: float, max_records: int) -> list[Record]: ...
 
     def commit(self, offsets: dict[TopicPartitionKey, tuple[int, dict[str, Any]]]) -> None: ...
@@ -250,7 +259,8 @@ class PacedSource:
         self.position = offset
 
     def lag(self) -> dict[TopicPartitionKey, int]:
-        return {("stream", 0): len(self.records) - self.position}
+        topic = self.records[0].topic if self.records else "stream"  # its records share one partition
+        return {(topic, 0): len(self.records) - self.position}
 
     def close(self) -> None:
         pass

@@ -328,6 +328,12 @@ class WindowAssembler:
 
     :meth:`add_batch` takes a polled batch column-wise; :meth:`add` one reading. Both keep the same
     per-sensor state and give the same windows, in the order the readings arrived.
+
+    >>> assembler = WindowAssembler(length=3)
+    >>> windows = assembler.add_batch(["s1"] * 4, np.arange(4.0), np.ones((4, 2)), ["t"] * 4,
+    ...                               np.zeros(4, dtype=np.int64), np.arange(4))
+    >>> len(windows), windows.end_offset.tolist()  # readings 0-2 and 1-3
+    (2, [2, 3])
     """
 
     def __init__(
