@@ -151,7 +151,7 @@ def demo_config(config: DriftlineConfig, out_dir: Path, topic: str | None = None
 
 class _DriftToScheduler:
     """An event publisher for the loop: drift events the retraining policy wants ask the scheduler for a run
-    (as ``driftline retrain --schedule`` does from the events topic)."""
+    (as ``driftline scheduler`` does from the events topic)."""
 
     def __init__(self, on_drift: Any, policy: DriftRetrainPolicy, also: KafkaEventPublisher | None = None) -> None:
         self.on_drift = on_drift
