@@ -5,7 +5,10 @@ policy (:class:`jobs.drift_policy.DriftRetrainPolicy`, as the scheduler and the 
 plant's clock: every fleet-wide drift asks for a run and events during a run join it, so a retrained
 model whose own error rises again (conditions its recent window did not cover) is retrained once
 more; and a run starts ``retrain.debounce_s = recent_s`` of stream after the *last* event (at most
-``debounce_max_s = 2 * recent_s`` after the first), so it learns the settled plant, not a ramp.
+``debounce_max_s = 2 * recent_s`` after the first), so it learns the settled plant, not a ramp. A
+false fleet-wide drift before the injected one asks for a run too, as it would in the product
+(column ``runs pre``); "after the swap" means windows scored by a model retrained on data after the
+drift, "before" everything else after the drift.
 Three policies side by side: never retrain, retrain on the recent window only, retrain on the recent
 window plus the replay buffer.
 
@@ -83,6 +86,7 @@ class PolicyResult:
     lost_windows: int
     duplicate_windows: int
     retrain_outcome: str
+    retrains_before_drift: int = 0  # runs asked for by a (false) fleet drift before the injected one
     alarm_episodes_after_drift: int | None = None  # alarms sent between the drift and the first new model
     alarm_minutes_after_drift: float | None = None  # plant minutes of sent alarms over that span
     post_drift_recall: float | None = None  # labelled anomalies after the drift that got an alarm
@@ -187,7 +191,7 @@ def run_policy(
         train_segments, window=30, hidden_size=32, latent_size=4, channels=tuple(channels), training=training
     )
     registry = ModelRegistry(work / "registry")
-    first_version = registry.publish(initial, promote=True)
+    registry.publish(initial, promote=True)
     config = load_config(
         overrides=[
             f"data_dir={work}",
@@ -215,7 +219,9 @@ def run_policy(
     drift_ts = float(fleet["ts"].iloc[0]) + drift.at_row
     replay = ReplayBuffer(20_000, 30, len(channels))  # holds the initial model's training windows
     replay.add(normal_windows(fleet[fleet.groupby("sensor_id").cumcount() < scenario.train_rows], channels, 30)[0])
-    state: dict[str, Any] = {"detected_ts": None, "last_event_ts": 0.0, "outcomes": [], "worker": None}
+    state: dict[str, Any] = {
+        "detected_ts": None, "last_event_ts": 0.0, "outcomes": [], "worker": None, "runs_before_drift": 0
+    }  # fmt: skip
     versions_after_drift: set[str] = set()
 
     def wait_for_stream(reached: Any) -> None:
@@ -267,6 +273,7 @@ def run_policy(
             state["last_event_ts"] = event["ts"]
             busy = state["worker"] is not None and state["worker"].is_alive()
             if policy != "never" and not busy:
+                state["runs_before_drift"] += int(event["ts"] < drift_ts)
                 state["worker"] = threading.Thread(target=retrain_in_background, args=(event["ts"],), daemon=True)
                 state["worker"].start()
 
@@ -283,8 +290,10 @@ def run_policy(
     end_ts = epoch_seconds(frame["window_end"])
     pre = frame[end_ts < drift_ts]
     post = frame[end_ts >= drift_ts + (drift.ramp_rows if drift.kind == "gradual" else 0)]
-    post_old = post[post["model_version"] == first_version]
-    post_new = post[post["model_version"] != first_version]
+    # "old": models trained before the drift (the initial one, or one retrained on a false fleet drift
+    # before it, as the product's policy does); "new": models retrained on data after the drift
+    retrained_after_drift = post["model_version"].isin(versions_after_drift)
+    post_old, post_new = post[~retrained_after_drift], post[retrained_after_drift]
 
     def far(rows: pd.DataFrame) -> float | None:
         return point_metrics(rows["label"], rows["anomaly"]).far / 100 if len(rows) else None
@@ -326,6 +335,7 @@ def run_policy(
         lost_windows=max(0, expected - len(set(keys))),
         duplicate_windows=len(keys) - len(set(keys)),
         retrain_outcome="; ".join(state["outcomes"]) or "not triggered",
+        retrains_before_drift=state["runs_before_drift"],
         alarm_episodes_after_drift=received["alarm_episodes_after_drift"],
         alarm_minutes_after_drift=received["alarm_minutes_after_drift"],
         post_drift_recall=received["post_drift_recall"],
@@ -352,6 +362,7 @@ def format_results(results: list[PolicyResult]) -> str:
         "pause ms",
         "lost",
         "dup",
+        "runs pre",
         "alarms",
         "alarm min",
         "recall",
@@ -376,6 +387,7 @@ def format_results(results: list[PolicyResult]) -> str:
                 cell(r.swap_pause_ms, ".1f"),
                 str(r.lost_windows),
                 str(r.duplicate_windows),
+                str(r.retrains_before_drift),
                 cell(r.alarm_episodes_after_drift, "d"),
                 cell(r.alarm_minutes_after_drift, ".1f"),
                 cell(r.post_drift_recall, ".2f"),
@@ -502,6 +514,7 @@ def headline(results: list[PolicyResult]) -> dict[str, float | int | None]:
         "swap_pause_ms": rounded(max(pauses, default=None), 2),
         "lost_windows": sum(r.lost_windows for r in results),
         "duplicate_windows": sum(r.duplicate_windows for r in results),
+        "retrains_before_drift": sum(r.retrains_before_drift for r in results),
         "detection_delay_s": max((r.detection_delay_s or 0) for r in replay) if replay else None,
         "alarm_episodes_per_benign_drift": rounded(worst_mean(lambda r: r.alarm_episodes_after_drift), 2),
         "alarm_minutes_after_drift": rounded(worst_mean(lambda r: r.alarm_minutes_after_drift), 2),
