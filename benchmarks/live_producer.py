@@ -7,6 +7,7 @@ Light imports only (no torch), so that the spawned process is sending within abo
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pipeline.config import KafkaSettings
 from pipeline.kafka_clients import make_producer
@@ -21,11 +22,16 @@ def produce_live(
     sensors: int,
     per_sensor: int,
     rate: float,
-    start_delay_s: float = 3.0,
+    assigned: Any = None,
+    settle_s: float = 1.0,
 ) -> None:
-    """Send ``per_sensor`` readings for each of ``sensors`` at ``rate`` readings/s after ``start_delay_s``."""
+    """Send ``per_sensor`` readings for each of ``sensors`` at ``rate`` readings/s, from ``settle_s`` after
+    ``assigned`` (an event the scorer sets once it owns its partitions) is set: readings sent while the
+    group is still forming would wait for the join, which is not the latency being measured."""
     producer = make_producer(kafka)
-    time.sleep(start_delay_s)  # let the scorer join its group
+    if assigned is not None and not assigned.wait(timeout=120):
+        raise RuntimeError("the scorer was not assigned its partitions within 120 s")
+    time.sleep(settle_s)
     started = time.perf_counter()
     for i in range(per_sensor):
         now = time.time()
