@@ -72,7 +72,7 @@ def alarms_after_drift(
     for sensor, readings in fleet.groupby("sensor_id"):
         labels = readings["anomaly"].to_numpy()
         times = readings["timestamp"].to_numpy()
-        starts = opened.loc[opened["sensor_id"] == sensor, "at"] if len(opened) else pd.Series([], dtype=object)
+        starts = opened.loc[opened["sensor_id"] == sensor, "at"]
         for start, stop in anomaly_episodes(labels):
             if times[start] < drift_at:
                 continue

@@ -24,8 +24,8 @@ Kafka's consumer is not thread-safe, so every poll, seek and commit stays on the
 a checkpoint snapshots the offsets there, the scorer thread seals everything buffered before it in
 order (and adds the open alarms to the commit metadata), one writer thread writes and fsyncs what
 was sealed (so judging and alarm delivery never wait for a Parquet part), and the consumer thread
-commits that snapshot once the writer is done. A model swap is queued the same way, so it lands exactly between two
-micro-batches. Revocation and shutdown wait for the scorer to drain before committing. With
+commits that snapshot once the writer is done. A model swap is queued the same way, so it lands
+exactly between two micro-batches. Revocation and shutdown wait for the scorer to drain before committing. With
 ``pipelined=False`` everything runs on the calling thread. Each stage's thread CPU is counted
 (:mod:`pipeline.stage_clock`).
 

@@ -7,8 +7,8 @@
 Rows are buffered and written at each checkpoint of the scoring loop (its cadence:
 ``sinks.roll_rows`` windows or ``sinks.roll_seconds``, see :mod:`pipeline.checkpointer`), which
 commits right after. Every sink the loop makes durable follows :class:`DurableSink` (seal on the
-scorer thread, write on the writer thread). A part is written to a temporary name, fsynced and renamed, so a
-half-written part is never visible. **No duplicates after a crash:** a part holds the windows of
+scorer thread, write on the writer thread). A part is written to a temporary name, fsynced and
+renamed, so a half-written part is never visible. **No duplicates after a crash:** a part holds the windows of
 one source partition whose last readings lie at offsets ``first..last``; when a partition is
 assigned with committed offset ``c``, every part of it with ``first >= c`` was written but never
 committed, so it is removed (:meth:`ErrorLogSink.discard_uncommitted`) before the windows are scored
