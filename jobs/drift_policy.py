@@ -4,6 +4,9 @@
   operating point the model has not seen) asks for a run; with ``retrain.on_drift_scope = "any"``
   a single sensor's drift does too. A sensor's own drift is otherwise left to its alarms: retraining
   the fleet's model on it would teach every sensor what may be one sensor's fault.
+- **Only material drift** (the event's ``material``, set by the scorer: the alarms feel it, see
+  ``drift.min_ratio`` and :class:`pipeline.drift.DriftEvent`). An event without the flag (an older
+  scorer's) counts as material.
 - **When the run starts.** ``debounce_s`` after the latest event, and at most ``debounce_max_s`` after
   the first: while the error keeps rising (a gradual drift, a ramp) the plant has not settled, and a
   run that started at once would learn a state the plant is leaving; but a drift that never settles
@@ -16,6 +19,8 @@ stream's timestamps) for the drift benchmark, which replays hours of plant in mi
 >>> policy = DriftRetrainPolicy(debounce_s=60, debounce_max_s=300)
 >>> policy.wants_run({"type": "drift", "scope": "fleet"}), policy.wants_run({"type": "drift", "scope": "sensor"})
 (True, False)
+>>> policy.wants_run({"type": "drift", "scope": "fleet", "material": False})  # the alarms do not feel it
+False
 >>> policy.run_at(first_event=0, latest_event=0), policy.run_at(first_event=0, latest_event=200)
 (60.0, 260.0)
 >>> policy.run_at(first_event=0, latest_event=290)  # still rising after 290 s: no later than 300 s
@@ -45,7 +50,9 @@ class DriftRetrainPolicy:
 
     def wants_run(self, event: Any) -> bool:
         """True for a drift event (a dict as the loop publishes it) that should start or join a run."""
-        return isinstance(event, dict) and event.get("type") == "drift" and event.get("scope") in self.scopes
+        if not (isinstance(event, dict) and event.get("type") == "drift" and event.get("scope") in self.scopes):
+            return False
+        return bool(event.get("material", True))
 
     def run_at(self, first_event: float, latest_event: float) -> float:
         """When the run asked for by events from ``first_event`` to ``latest_event`` starts."""

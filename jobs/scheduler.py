@@ -15,6 +15,12 @@ Policies:
   holds the lock join that run too: they were raised against the model that run is about to replace,
   and the scorer resets its detectors when it swaps, so drift that outlives the new model is detected
   again.
+- **First stage**: ``retrain.first_stage_after_s`` after the event that scheduled the run, a
+  ``stage="recalibrate"`` run on the readings since that event gives the serving model a threshold of
+  its own for the new operating point (seconds, no training; :func:`jobs.retrain.recalibrate_for_regime`),
+  so the fleet is judged fairly again minutes before the fine-tune. While the plant is still between
+  regimes (the recent windows not yet apart from the known ones, a gradual drift) it is skipped and
+  tried again every ``first_stage_after_s`` until it is promoted or the fine-tune starts.
 
 >>> import tempfile
 >>> from pathlib import Path
@@ -35,6 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -48,6 +55,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULED_JOB = "retrain-scheduled"
 DRIFT_JOB = "retrain-on-drift"
+FIRST_STAGE_JOB = "recalibrate-on-drift"
 
 
 class RetrainLock:
@@ -86,15 +94,15 @@ class RetrainLock:
 
 
 def run_exclusive(
-    config: DriftlineConfig, trigger: str, job: Callable[..., RetrainDecision] = retrain_once
+    config: DriftlineConfig, trigger: str, job: Callable[..., RetrainDecision] = retrain_once, **options: Any
 ) -> RetrainDecision | None:
-    """Run the job unless another run holds the lock; return its decision or None if skipped."""
+    """Run the job (with ``options``) unless another run holds the lock; return its decision or None if skipped."""
     with RetrainLock(config.data_dir / "retrain.lock").hold() as acquired:
         if not acquired:
             log.info("retraining (%s) skipped: another run holds %s", trigger, config.data_dir / "retrain.lock")
             return None
         try:
-            return job(config, trigger=trigger)
+            return job(config, trigger=trigger, **options)
         except Exception:  # a failed run must not kill the scheduler; the next one tries again
             log.exception("retraining (%s) failed; the current model keeps serving", trigger)
             return None
@@ -125,10 +133,30 @@ def build_scheduler(config: DriftlineConfig, job: Callable[..., RetrainDecision]
 
 
 def _run_on_drift(
-    config: DriftlineConfig, trigger: str, job: Callable[..., RetrainDecision], first_event_at: datetime
+    config: DriftlineConfig,
+    trigger: str,
+    job: Callable[..., RetrainDecision],
+    first_event_at: datetime,
+    scheduler: BackgroundScheduler | None = None,
 ) -> RetrainDecision | None:
     """The drift-triggered run; ``first_event_at`` (its first event) bounds how far later events delay it."""
+    if scheduler is not None and scheduler.get_job(FIRST_STAGE_JOB) is not None:
+        scheduler.remove_job(FIRST_STAGE_JOB)  # the fine-tune supersedes its first stage
     return run_exclusive(config, trigger, job)
+
+
+def _first_stage(
+    scheduler: BackgroundScheduler,
+    config: DriftlineConfig,
+    trigger: str,
+    job: Callable[..., RetrainDecision],
+    since_s: float,
+) -> RetrainDecision | None:
+    """One try of the first stage; once promoted it is not tried again for this run."""
+    decision = run_exclusive(config, trigger, job, stage="recalibrate", since_s=since_s)
+    if decision is not None and decision.outcome == "promoted" and scheduler.get_job(FIRST_STAGE_JOB) is not None:
+        scheduler.remove_job(FIRST_STAGE_JOB)
+    return decision
 
 
 def request_drift_run(
@@ -136,8 +164,12 @@ def request_drift_run(
     config: DriftlineConfig,
     reason: str,
     job: Callable[..., RetrainDecision] = retrain_once,
+    event_ts: float | None = None,
 ) -> bool:
     """Schedule one run ``debounce_s`` after this event; False if one is pending or running (events coalesce).
+
+    With ``retrain.first_stage_after_s``, a first stage on the readings since ``event_ts`` (the event's
+    own time; default now) is scheduled that long after it, before the run.
 
     An event for a pending run moves it to ``debounce_s`` after itself, at most ``debounce_max_s`` after
     the run's first event: while the error keeps rising (a gradual drift, a ramp) the plant has not
@@ -162,13 +194,33 @@ def request_drift_run(
         "date",
         run_date=run_at,
         args=[config, f"drift: {reason}", job],
-        kwargs={"first_event_at": now},
+        kwargs={"first_event_at": now, "scheduler": scheduler},
         id=DRIFT_JOB,
         max_instances=1,
         misfire_grace_time=None,
     )
+    first_stage_s = config.retrain.first_stage_after_s
+    if first_stage_s is not None and now.timestamp() + first_stage_s < run_at.timestamp():
+        since_s = event_ts if event_ts is not None else now.timestamp()
+        scheduler.add_job(
+            _first_stage,
+            "interval",
+            seconds=first_stage_s,
+            args=[scheduler, config, f"drift, first stage: {reason}", job, since_s],
+            id=FIRST_STAGE_JOB,
+            replace_existing=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
     log.info("drift event: retraining scheduled at %s (%s)", run_at.isoformat(timespec="seconds"), reason)
     return True
+
+
+def _event_ts(event: dict[str, Any]) -> float | None:
+    try:
+        return float(event["ts"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def run_scheduler(
@@ -203,7 +255,8 @@ def run_scheduler(
                         continue
                     if policy.wants_run(event):
                         where = event.get("sensor_id") or "fleet"
-                        request_drift_run(scheduler, config, f"{event.get('detector')} on {where}", job)
+                        reason = f"{event.get('detector')} on {where}"
+                        request_drift_run(scheduler, config, reason, job, event_ts=_event_ts(event))
     finally:
         if consumer is not None:
             consumer.close()

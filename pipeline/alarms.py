@@ -22,14 +22,22 @@ Severity is the peak error / threshold ratio: below 2 ``warning``, below 4 ``maj
 ``critical``.
 
 **Regime changes.** A fleet-wide drift (most sensors' errors rising together) is far more often a new
-operating point than a fault of every sensor at once. :meth:`AlarmTracker.fleet_drift` opens one
-``regime_change`` notice (``{"type": "regime_change", "event": "open", "notice_id": ..., "policy":
-..., "alarms_covered": n}``), which is never silent; the next model swap (a model for the new regime)
-closes it (:meth:`AlarmTracker.regime_settled`). While it is open, episodes are marked
+operating point than a fault of every sensor at once. One ``regime_change`` notice (``{"type":
+"regime_change", "event": "open", "notice_id": ..., "cause": ..., "policy": ..., "alarms_covered":
+n}``), never silent, opens on whichever sign comes first: the drift detectors' fleet-wide drift
+(:meth:`AlarmTracker.fleet_drift`, ``cause: "fleet_drift"``), or an alarm opening while at least
+``fleet_share`` of the active sensors (and at least two) would have one open (``cause:
+"fleet_alarms"``): a change of operating point reaches the alarms of most sensors within seconds,
+minutes before a drift detector has the evidence, so without this every sensor but the last was
+alarmed first. The notice closes on the next model swap (a model for the new regime,
+:meth:`AlarmTracker.regime_settled`), or once no alarm has been open for ``quiet_s`` (the fleet is
+judged normal again, e.g. a passing disturbance). While it is open, episodes are marked
 ``suspected_regime_change`` and, by ``regime_policy``: ``suppress`` keeps them off the alerts topic
 (``"suppressed": true``; still in the alarms table; alarms open when the notice opens are closed
 with ``"closed_by": "regime_change"``) unless the sensor *stands out from the fleet*
-(its error ratio at least ``standout_factor`` times the batch's median ratio), in which case it is
+(its *level*, an exponential average of its error ratio over about :data:`STANDOUT_SPAN` windows, at
+least ``standout_factor`` times the fleet's median level, and that many times its threshold while the
+fleet's level is still below it), in which case it is
 sent under its id; ``notify`` sends them marked; ``alarm`` ignores the drift. The risk: a real
 plant-wide fault looks the same as a regime change; the notice says so, and ``alarm`` is there for
 plants where that risk is not acceptable.
@@ -62,6 +70,12 @@ REGIME_POLICIES: tuple[str, ...] = ("notify", "suppress", "alarm")
 #: ``offset.metadata.max.bytes`` is 4,096 by default; the rewind point needs the rest).
 MAX_CARRIED_PER_PARTITION = 10
 MAX_CARRIED_BYTES = 3_000
+#: Windows a sensor's level averages over while a regime-change notice is open. One window's ratio is
+#: noisy: judged window by window, every sensor "stood out" now and then during a regime change (9
+#: alarms sent in the drift benchmark's gradual drift, each from a single window at 3x the batch median).
+#: Early in a regime change the fleet's level is still low, so a sensor must also reach ``standout_factor``
+#: times its threshold: judged against the fleet's level alone, a sensor merely at its threshold "stood out".
+STANDOUT_SPAN = 30
 
 
 def alarm_id(sensor_id: str, topic: str, partition: int, offset: int) -> str:
@@ -170,6 +184,7 @@ class AlarmTracker:
         top_channels: int = 3,
         regime_policy: RegimePolicy = "suppress",
         standout_factor: float = 3.0,
+        fleet_share: float | None = 0.5,
     ) -> None:
         if quiet_s < 0:
             raise ValueError("quiet_s must be >= 0")
@@ -180,33 +195,60 @@ class AlarmTracker:
         self.top_channels = top_channels
         self.regime_policy = regime_policy
         self.standout_factor = standout_factor
+        self.fleet_share = fleet_share
         self._open: dict[str, Episode] = {}
+        self._active: dict[str, float] = {}  # sensor -> its latest window's event time (the fleet's size)
         self._regime: dict[str, Any] | None = None  # the open regime-change notice, if any
+        self._levels: dict[str, float] = {}  # sensor -> its level (averaged error ratio) while a notice is open
+        self._fleet_quiet_since: float | None = None  # event time since which no alarm is open, under a notice
 
     @property
     def regime_open(self) -> bool:
         return self._regime is not None
 
-    def fleet_drift(self, at: float, model_version: str) -> list[dict[str, Any]]:
+    @property
+    def fleet_alarmed(self) -> bool:
+        """A regime-change notice is open because most sensors alarmed at once."""
+        return self._regime is not None and self._regime["cause"] == "fleet_alarms"
+
+    def fleet_drift(self, at: float, model_version: str, cause: str = "fleet_drift") -> list[dict[str, Any]]:
         """A fleet-wide drift was detected: open one ``regime_change`` notice (unless one is open)."""
         if self._regime is not None or self.regime_policy == "alarm":
             return []
         notice_id = hashlib.sha256(f"regime\x00{model_version}\x00{at!r}".encode()).hexdigest()[:20]
-        self._regime = {"notice_id": notice_id, "opened_at": at, "model_version": model_version}
+        self._regime = {"notice_id": notice_id, "opened_at": at, "model_version": model_version, "cause": cause}
         events = [self._notice("open", at)]
         for sensor, episode in list(self._open.items()):  # what is open now is covered by the notice too
             episode.suspected_regime_change = True
             if self.regime_policy == "suppress":  # resolved by the notice; a sensor that stands out re-opens
                 events.append(self._open.pop(sensor).event("close", at, closed_at=at, closed_by="regime_change"))
+        self._fleet_quiet_since = None if self._open else at
         return events
 
-    def regime_settled(self, at: float) -> list[dict[str, Any]]:
+    def regime_settled(self, at: float, closed_by: str = "model_swap") -> list[dict[str, Any]]:
         """The model was replaced (retrained on the new regime): close the notice, if one is open."""
         if self._regime is None:
             return []
-        event = self._notice("close", at)
-        self._regime = None
+        event = {**self._notice("close", at), "closed_by": closed_by}
+        self._regime = self._fleet_quiet_since = None
+        self._levels.clear()
         return [event]
+
+    def _update_levels(self, sensor_ids: Sequence[str], ratio: np.ndarray) -> float:
+        """Average each sensor's error ratio into its level; return the level that stands out now."""
+        alpha = 2.0 / (STANDOUT_SPAN + 1)
+        levels = self._levels
+        for sensor, r in zip(sensor_ids, ratio.tolist(), strict=True):
+            level = levels.get(sensor)
+            levels[sensor] = r if level is None else level + alpha * (r - level)
+        return self.standout_factor * max(1.0, float(np.median(list(levels.values()))))
+
+    def _fleet_alarming(self) -> bool:
+        """Would one more open alarm make at least ``fleet_share`` of the active sensors (and two) alarmed?"""
+        if self.fleet_share is None or self.regime_policy == "alarm":
+            return False
+        alarmed = len(self._open) + 1
+        return alarmed >= 2 and alarmed >= self.fleet_share * len(self._active)
 
     def _notice(self, kind: str, at: float) -> dict[str, Any]:
         assert self._regime is not None
@@ -244,8 +286,10 @@ class AlarmTracker:
             return events
         ratio = np.asarray(error, dtype=np.float64) / np.maximum(np.asarray(threshold, dtype=np.float64), 1e-12)
         flagged = np.asarray(anomaly, dtype=bool)
-        # during a regime change a sensor still stands out when it is far above the fleet's level
-        standout_level = max(1.0, self.standout_factor * float(np.median(ratio)))
+        if self.fleet_share is not None:
+            self._active.update(zip(sensor_ids, np.asarray(end_ts, dtype=np.float64).tolist(), strict=True))
+        # during a regime change a sensor still stands out when its level is far above the fleet's
+        standout_level = self._update_levels(sensor_ids, ratio) if self._regime is not None else float("inf")
         watched = set(self._open).union(sensor_ids[i] for i in np.flatnonzero(flagged).tolist())  # open, or opening now
         rows = np.flatnonzero(np.fromiter((s in watched for s in sensor_ids), bool, len(sensor_ids)))
         for i in rows.tolist():
@@ -253,6 +297,10 @@ class AlarmTracker:
             episode = self._open.get(sensor)
             if flagged[i]:
                 if episode is None:
+                    if self._regime is None and self._fleet_alarming():  # most of the fleet at once: a regime
+                        events += self.fleet_drift(ts, model_version, cause="fleet_alarms")
+                        standout_level = self._update_levels(sensor_ids, ratio)
+                    self._fleet_quiet_since = None
                     episode = self._open[sensor] = Episode(
                         alarm_id(sensor, topics[i], int(partitions[i]), int(offsets[i])),
                         sensor,
@@ -267,10 +315,12 @@ class AlarmTracker:
                     )
                     if self._regime is not None:
                         episode.suspected_regime_change = True
-                        episode.suppressed = bool(self.regime_policy == "suppress" and ratio[i] < standout_level)
+                        episode.suppressed = bool(
+                            self.regime_policy == "suppress" and self._levels.get(sensor, 0.0) < standout_level
+                        )
                     events.append(episode.event("open", ts))
                     continue
-                if episode.suppressed and ratio[i] >= standout_level:  # it stands out now: alarm it
+                if episode.suppressed and self._levels.get(sensor, 0.0) >= standout_level:  # it stands out: alarm it
                     episode.suppressed = False
                     episode.last_anomalous_at = ts
                     episode.windows += 1
@@ -289,10 +339,19 @@ class AlarmTracker:
                     events.append(episode.event("update", ts))
             elif episode is not None and ts - episode.last_anomalous_at >= self.quiet_s:
                 events.append(self._open.pop(sensor).event("close", ts, closed_at=ts, closed_by="quiet"))
+                if not self._open:
+                    self._fleet_quiet_since = ts
+        quiet_since = self._fleet_quiet_since
+        if self._regime is not None and quiet_since is not None and float(end_ts[-1]) - quiet_since >= self.quiet_s:
+            # no alarm open for quiet_s: the fleet is judged normal again
+            events += self.regime_settled(quiet_since + self.quiet_s, closed_by="quiet")
         return events
 
     def close(self, sensor_ids: Sequence[str], at: float) -> list[dict[str, Any]]:
         """Close the episodes of ``sensor_ids`` (e.g. sensors gone idle); return their close events."""
+        for sensor in sensor_ids:
+            self._active.pop(sensor, None)
+            self._levels.pop(sensor, None)
         return [
             self._open.pop(s).event("close", at, closed_at=at, closed_by="idle") for s in sensor_ids if s in self._open
         ]

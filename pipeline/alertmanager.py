@@ -50,6 +50,7 @@ def to_alert(event: dict[str, Any], now: float) -> dict[str, Any]:
         annotations = {
             "summary": "fleet-wide drift: most likely a new operating regime (a plant-wide fault looks the same)",
             "policy": event["policy"],
+            "cause": str(event.get("cause", "fleet_drift")),
             "alarms_covered": str(event["alarms_covered"]),
             "model_version": event["model_version"],
         }

@@ -655,8 +655,16 @@ def scheduler(app: _AppContext) -> None:
     show_default=True,
     help="Comma-separated fleet seeds; figures are reported per seed and as mean (min..max).",
 )
+@click.option(
+    "--first-stage/--no-first-stage",
+    default=True,
+    show_default=True,
+    help="Run the product's first stage (retrain.first_stage_after_s) before each retraining run.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the headline figures as JSON on the last line.")
-def benchmark_drift(policies: tuple[str, ...], scenarios: tuple[str, ...], seeds: str, as_json: bool) -> None:
+def benchmark_drift(
+    policies: tuple[str, ...], scenarios: tuple[str, ...], seeds: str, first_stage: bool, as_json: bool
+) -> None:
     """Drift scenario: detection delay, FAR/F1 before and after the hot-swap, forgetting, swap pause."""
     from tqdm.auto import tqdm
 
@@ -669,7 +677,9 @@ def benchmark_drift(policies: tuple[str, ...], scenarios: tuple[str, ...], seeds
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     with tqdm(total=len(seed_list) * len(chosen) * len(policies), desc="drift scenarios", unit="run") as progress:
-        results = run_benchmark(policies, chosen, on_result=lambda _: progress.update(1), seeds=seed_list)
+        results = run_benchmark(
+            policies, chosen, on_result=lambda _: progress.update(1), seeds=seed_list, first_stage=first_stage
+        )
     click.echo(format_results(results))
     if as_json:
         click.echo(json.dumps(headline(results)))

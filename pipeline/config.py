@@ -244,6 +244,13 @@ class DriftSettings(_Section):
     rising_only: bool = Field(
         True, description="Report only changes that raise the error (a fall never calls for retraining)."
     )
+    min_ratio: float = Field(
+        1.0,
+        ge=0,
+        description="A drift is material (asks for retraining; a fleet drift opens a regime-change notice) only when "
+        "its stream's recent mean error is at least this share of the threshold (1: the median sensor errs at its "
+        "alarm threshold on average), or while most sensors are alarmed at once; others are logged. 0: all are.",
+    )
 
 
 class SinkSettings(_Section):
@@ -269,8 +276,15 @@ class AlarmSettings(_Section):
     standout_factor: float = Field(
         3.0,
         gt=0,
-        description="During a regime change a sensor is alarmed when its error ratio is this many "
-        "times the fleet's median.",
+        description="During a regime change a sensor is alarmed when its level (error ratio averaged over ~30 "
+        "windows) is this many times the fleet's median level and its threshold.",
+    )
+    fleet_share: float | None = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="A regime-change notice also opens when an alarm opening would leave at least this share of "
+        "the active sensors (and at least two) alarmed at once; null: only fleet-wide drift opens it.",
     )
     alertmanager_url: str | None = Field(
         None, description="Also post alarms to this Prometheus Alertmanager (API v2), e.g. http://127.0.0.1:9093."
@@ -308,6 +322,14 @@ class RetrainSettings(_Section):
         description="Drift that asks for a run: 'fleet' (most sensors at once: a new operating point) or 'any' "
         "(a single sensor's drift too); see jobs/drift_policy.py.",
     )
+    first_stage_after_s: float | None = Field(
+        120.0,
+        gt=0,
+        description="This long after a drift asks for a run, a first stage gives the serving model a threshold of "
+        "its own for the new operating point (same weights, seconds of CPU; jobs/retrain.py); the fine-tune "
+        "follows at the debounce. None: off.",
+    )
+    first_stage_windows: int = Field(100, ge=2, description="Skip the first stage with fewer windows since the drift.")
     debounce_s: float = Field(60.0, ge=0, description="Drift events within this delay fire one run.")
     debounce_max_s: float = Field(
         300.0, ge=0, description="Later events delay a pending run at most this long after its first event."

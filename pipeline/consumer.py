@@ -71,6 +71,8 @@ from pipeline.windows import WindowAssembler, WindowBatch
 
 log = logging.getLogger(__name__)
 
+REGIME_CAUSES = {"fleet_drift": "fleet-wide drift", "fleet_alarms": "most sensors alarmed at once"}
+
 
 class EventPublisher(Protocol):
     """Events sent as they happen (drift and model swaps to the events topic, alarms to the alerts topic);
@@ -572,10 +574,12 @@ class ScoringLoop:
             if event["type"] == "regime_change":
                 self.metrics.alarm_events.labels(event=f"regime_{event['event']}").inc()
                 log.warning(
-                    "regime change %s (fleet-wide drift, policy %s): %d alarm(s) covered",
+                    "regime change %s (%s, policy %s): %d alarm(s) covered%s",
                     event["event"],
+                    REGIME_CAUSES.get(event.get("cause", "fleet_drift"), "fleet-wide drift"),
                     event["policy"],
                     event["alarms_covered"],
+                    f", closed by {event['closed_by']}" if event.get("closed_by") else "",
                 )
                 continue
             self.metrics.alarm_events.labels(event=event["event"]).inc()
@@ -689,9 +693,12 @@ class ScoringLoop:
         if self.drift is None or not len(scored.windows):
             return flags
         windows = scored.windows
-        for i, event in self.drift.update_many(windows.sensor_id, windows.end_ts, scored.error):
+        for i, found in self.drift.update_many(windows.sensor_id, windows.end_ts, scored.error):
+            threshold = scored.threshold[i] if found.scope == "sensor" else np.median(scored.threshold)
+            fleet_alarmed = self.alarms is not None and self.alarms.fleet_alarmed
+            event = self.drift.is_material(found, float(threshold), fleet_alarmed)
             flags[i] = flags[i] or event.scope == "sensor"
-            if event.scope == "fleet" and self.alarms is not None:  # most likely a new operating regime
+            if event.scope == "fleet" and event.material and self.alarms is not None:  # most likely a new regime
                 self._send_alarms(self.alarms.fleet_drift(event.ts, event.model_version))
             self.stats.drift_events += 1
             self.metrics.drift_events.labels(scope=event.scope).inc()

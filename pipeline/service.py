@@ -136,7 +136,11 @@ def build_loop(
         error_log,
         dead_letters,
         drift=DriftMonitor(
-            config.drift.detector, version, fleet=config.drift.fleet, rising_only=config.drift.rising_only
+            config.drift.detector,
+            version,
+            fleet=config.drift.fleet,
+            rising_only=config.drift.rising_only,
+            min_ratio=config.drift.min_ratio,
         ),
         drift_events=DriftEventSink(config.error_log_dir),
         events=events,
@@ -150,6 +154,7 @@ def build_loop(
             config.alarms.top_channels,
             config.alarms.regime_policy,
             config.alarms.standout_factor,
+            config.alarms.fleet_share,
         ),
         alerts=_with_alertmanager(config, alerts),
         alarm_log=AlarmEventSink(config.error_log_dir),

@@ -44,7 +44,7 @@ from models.atomic import atomic_file
 from pipeline.durability import DurabilityError
 
 ERROR_LOG_SCHEMA_VERSION = 1
-DRIFT_EVENTS_SCHEMA_VERSION = 1
+DRIFT_EVENTS_SCHEMA_VERSION = 2  # 2 added recent_mean_ratio and material
 _PART = re.compile(r"^part-(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})\.parquet$")
 
 
@@ -239,6 +239,8 @@ def drift_events_schema() -> pa.Schema:
         pa.field("model_version", pa.string()),
         pa.field("observations", pa.int64()),
         pa.field("recent_mean_error", pa.float64()),
+        pa.field("recent_mean_ratio", pa.float64()),
+        pa.field("material", pa.bool_()),
     ]
     metadata = {
         "driftline.schema": "drift_events",
@@ -304,6 +306,8 @@ class DriftEventSink(_EventPartSink):
                 "model_version": [e["model_version"] for e in rows],
                 "observations": [e["observations"] for e in rows],
                 "recent_mean_error": [e["recent_mean_error"] for e in rows],
+                "recent_mean_ratio": [e.get("recent_mean_ratio") for e in rows],
+                "material": [e.get("material", True) for e in rows],
             },
             schema=drift_events_schema(),
         )

@@ -136,9 +136,12 @@ def test_a_suppressed_alarm_that_later_stands_out_is_sent_under_its_id() -> None
     tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
     tracker.fleet_drift(at=100.0, model_version="v1")
     (first,) = [e for e in feed_all(tracker, fleet_batch(10, {}, at=101.0)) if e["sensor_id"] == "s4"]
-    later = [e for e in feed_all(tracker, fleet_batch(10, {"s4": 30.0}, at=102.0)) if e["sensor_id"] == "s4"]
+    spike = [e for e in feed_all(tracker, fleet_batch(10, {"s4": 30.0}, at=102.0)) if e["sensor_id"] == "s4"]
     assert first["suppressed"]
-    assert [(e["event"], e["suppressed"], e["alarm_id"]) for e in later] == [("open", False, first["alarm_id"])]
+    assert all(e["suppressed"] for e in spike)  # one window is noise, not standing out
+    later = [e for t in range(103, 110) for e in feed_all(tracker, fleet_batch(10, {"s4": 30.0}, at=float(t)))]
+    opened = [(e["event"], e["suppressed"], e["alarm_id"]) for e in later if e["event"] == "open"]
+    assert opened == [("open", False, first["alarm_id"])]  # its level stands out: sent once, under its id
 
 
 def test_policies_notify_and_alarm() -> None:
@@ -153,13 +156,60 @@ def test_policies_notify_and_alarm() -> None:
 
 
 def test_alarms_open_when_the_notice_opens_are_closed_by_it() -> None:
-    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
+    # the drift detectors' path alone (fleet_share=None): four alarms open first, the drift closes them
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress", fleet_share=None)
     opened = feed_all(tracker, fleet_batch(4, {}, at=100.0))
     events = tracker.fleet_drift(at=101.0, model_version="v1")
     assert [e["event"] for e in events] == ["open"] + ["close"] * 4
     assert {e["alarm_id"] for e in events[1:]} == {e["alarm_id"] for e in opened}
     assert all(e["closed_by"] == "regime_change" for e in events[1:])
     assert len(tracker) == 0
+
+
+def staggered(n_sensors: int, alarmed: int, at: float = 0.0, n: int = 60) -> dict[str, np.ndarray]:
+    """``n`` seconds of a fleet; the first ``alarmed`` sensors turn anomalous one after another, 10 s apart."""
+    ts = np.repeat(at + np.arange(n, dtype=float), n_sensors)
+    sensor = np.tile(np.arange(n_sensors), n)
+    anomaly = (sensor < alarmed) & (ts - at >= 10.0 * (sensor + 1))
+    ratio = np.where(anomaly, 1.8, 0.3)
+    return {
+        "sensor_ids": [f"s{i}" for i in sensor],
+        "end_ts": ts,
+        "anomaly": anomaly,
+        "error": ratio,
+        "threshold": np.ones(len(ts)),
+        "channel_error": np.column_stack([ratio, ratio / 2]),
+        "offsets": np.arange(len(ts)) + int(at) * n_sensors,
+    }
+
+
+def test_most_of_the_fleet_alarming_at_once_is_one_regime_notice_not_an_alarm_each() -> None:
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
+    events = feed_all(tracker, staggered(n_sensors=4, alarmed=4))
+    notices = [e for e in events if e["type"] == "regime_change"]
+    sent = [(e["event"], e["sensor_id"]) for e in events if e["type"] == "alarm" and not e["suppressed"]]
+    assert [(n["event"], n["cause"]) for n in notices] == [("open", "fleet_alarms")]
+    assert notices[0]["at"] == 20.0  # when the second of four sensors alarmed
+    assert sent == [("open", "s0"), ("close", "s0")]  # the first alarm, closed by the notice
+    assert all(e["suspected_regime_change"] for e in events if e["type"] == "alarm" and e["sensor_id"] != "s0")
+
+
+def test_one_sensor_of_four_alarming_is_an_alarm_and_no_notice() -> None:
+    events = feed_all(AlarmTracker(quiet_s=10.0, channels=CHANNELS), staggered(n_sensors=4, alarmed=1))
+    assert [(e["type"], e["event"], e["suppressed"]) for e in events] == [("alarm", "open", False)]
+    lone = feed_all(AlarmTracker(quiet_s=10.0, channels=CHANNELS), staggered(n_sensors=1, alarmed=1))
+    assert [e["type"] for e in lone] == ["alarm"]  # a fleet of one has no regime notices of this kind
+
+
+def test_the_notice_closes_once_the_fleet_is_quiet_again() -> None:
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS)
+    feed_all(tracker, staggered(n_sensors=4, alarmed=2, n=30))
+    assert tracker.regime_open
+    quiet = feed_all(tracker, staggered(n_sensors=4, alarmed=0, at=30.0, n=30))
+    closes = [e for e in quiet if e["type"] == "regime_change"]
+    assert [(e["event"], e["closed_by"]) for e in closes] == [("close", "quiet")]
+    assert not tracker.regime_open
+    assert closes[0]["at"] == 29.0 + 10.0 + 10.0  # last flagged window, its alarm quiet, then the fleet quiet
 
 
 def test_what_a_commit_carries_fits_kafkas_metadata_limit() -> None:

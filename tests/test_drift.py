@@ -55,3 +55,21 @@ def test_forgotten_sensors_leave_the_monitor() -> None:
     monitor.forget(["a"])
     assert set(monitor._detectors) == {"b", "__fleet__"}
     assert set(monitor._latest) == {"b"}
+
+
+def test_only_a_drift_the_alarms_feel_is_material() -> None:
+    rng = np.random.default_rng(3)
+    errors = rng.gamma(4.0, 0.025, size=(3000, 4))
+    threshold = float(np.quantile(errors[:1000], 0.99))  # as calibrated on normal data
+    small, large = errors.copy(), errors.copy()
+    small[2000:] *= 1.5  # a real rise, well under the threshold: no alarm feels it
+    large[2000:] *= 4.0  # the median sensor now errs well above its threshold
+    monitor = DriftMonitor("adwin", min_ratio=1.0)
+    (quiet, *_) = [e for e in stream(monitor, small) if e.scope == "fleet"]
+    judged = monitor.is_material(quiet, threshold)
+    assert judged.recent_mean_ratio is not None
+    assert judged.recent_mean_ratio < 1.0
+    assert not judged.material
+    assert monitor.is_material(quiet, threshold, fleet_alarmed=True).material  # most sensors alarmed: it is
+    (loud, *_) = [e for e in stream(DriftMonitor("adwin"), large) if e.scope == "fleet"]
+    assert DriftMonitor("adwin").is_material(loud, threshold).material

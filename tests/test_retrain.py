@@ -9,13 +9,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from jobs.replay import ReplayBuffer
-from jobs.retrain import RetrainDecision, fine_tune_and_gate, learnable_windows, normal_windows, retrain_once
+from jobs.retrain import (
+    RetrainDecision,
+    fine_tune_and_gate,
+    learnable_windows,
+    normal_windows,
+    recalibrate_for_regime,
+    retrain_once,
+)
 from jobs.scheduler import RetrainLock, build_scheduler, request_drift_run, run_exclusive
 from models.detector import AnomalyDetector
 from models.regimes import window_levels
 from models.registry import ModelRegistry
+from models.scoring import reconstruction_errors
 from models.training import TrainingConfig
 from pipeline.config import load_config
 from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
@@ -137,6 +146,40 @@ def test_gate_promotes_a_candidate_that_learned_the_new_regime(fleet, old_regime
     assert "carried_from" not in fresh.params
 
 
+def test_first_stage_gives_the_new_operating_point_a_threshold_and_changes_nothing_else(
+    fleet, old_regime_detector
+) -> None:
+    recent, _ = normal_windows(readings_of(fleet, 800, 1000), CHANNELS, 20)  # minutes after the drift
+    replay = ReplayBuffer(5000, 20, len(CHANNELS))
+    replay.add(normal_windows(readings_of(fleet, 0, 800), CHANNELS, 20)[0])
+    candidate, metrics = recalibrate_for_regime(old_regime_detector, recent, replay)
+    assert metrics["outcome"] == "promoted", metrics
+    assert candidate is not None
+    assert candidate.regimes is not None
+    assert metrics["regimes_after"] == 2
+    before = old_regime_detector.model.state_dict()
+    assert all(torch.equal(before[k], v) for k, v in candidate.model.state_dict().items()), "same weights"
+    assert candidate.scaler == old_regime_detector.scaler
+    scale = candidate.scaler.transform_windows
+    old_thresholds = candidate.window_thresholds(scale(replay.windows))
+    assert np.median(old_thresholds) == pytest.approx(old_regime_detector.threshold.value)  # judged as before
+    # later at the new operating point: flagged nearly everywhere by the old threshold, rarely by its own
+    later, _ = normal_windows(readings_of(fleet, 1000, 1600), CHANNELS, 20)
+    errors = reconstruction_errors(candidate.model, scale(later)).error
+    assert (errors > old_regime_detector.threshold.value).mean() > 0.5
+    assert (errors > candidate.window_thresholds(scale(later))).mean() < 0.1
+
+
+def test_first_stage_is_skipped_where_the_model_knows_the_regime(fleet, old_regime_detector) -> None:
+    replay = ReplayBuffer(5000, 20, len(CHANNELS))
+    replay.add(normal_windows(readings_of(fleet, 0, 600), CHANNELS, 20)[0])
+    same, _ = normal_windows(readings_of(fleet, 600, 800), CHANNELS, 20)
+    candidate, metrics = recalibrate_for_regime(old_regime_detector, same, replay)
+    assert (candidate, metrics["outcome"]) == (None, "skipped")
+    assert "regime the model knows" in metrics["reason"]
+    assert recalibrate_for_regime(old_regime_detector, same, None)[1]["outcome"] == "skipped"
+
+
 def test_forgetting_guard_rejects_a_candidate_that_lost_the_old_regime(fleet, old_regime_detector) -> None:
     recent, _ = normal_windows(readings_of(fleet, 900, 1600), CHANNELS, 20)
     replay = ReplayBuffer(5000, 20, len(CHANNELS))
@@ -209,6 +252,29 @@ def test_schedule_and_drift_trigger_give_one_run(tmp_path: Path) -> None:
     finally:
         scheduler.shutdown(wait=True)
     assert len(runs) == 1, runs
+
+
+def test_a_drift_run_is_preceded_by_its_first_stage_on_the_readings_since_the_event(tmp_path: Path) -> None:
+    overrides = [f"data_dir={tmp_path}", "retrain.debounce_s=30", "retrain.first_stage_after_s=0.2"]
+    config = load_config(overrides=overrides)
+    runs = []
+
+    def job(_config, trigger, **stage):
+        runs.append((trigger, stage))
+        outcome = "skipped" if len(runs) == 1 else "promoted"  # still between regimes, then apart
+        return RetrainDecision("t", trigger, outcome, "test", "v000001", None, 0, 0)
+
+    scheduler = build_scheduler(config, job)
+    scheduler.start()
+    try:
+        assert request_drift_run(scheduler, config, "adwin on the fleet", job, event_ts=1_767_225_600.0)
+        time.sleep(1.2)
+        assert scheduler.get_job("retrain-on-drift") is not None, "the fine-tune still waits for its debounce"
+        assert scheduler.get_job("recalibrate-on-drift") is None, "promoted: not tried again"
+    finally:
+        scheduler.shutdown(wait=True)
+    first_stage = ("drift, first stage: adwin on the fleet", {"stage": "recalibrate", "since_s": 1_767_225_600.0})
+    assert runs == [first_stage, first_stage]  # skipped once, tried again, promoted
 
 
 def test_drift_events_delay_a_pending_run_but_only_up_to_a_bound(tmp_path: Path) -> None:
