@@ -283,8 +283,8 @@ class AlarmSettings(_Section):
         0.5,
         gt=0,
         le=1,
-        description="A regime-change notice also opens when an alarm opening would leave at least this share of "
-        "the active sensors (and at least two) alarmed at once; null: only fleet-wide drift opens it.",
+        description="A regime-change notice also opens when an alarm opening would leave more than this share of "
+        "the active sensors (and at least three) alarmed at once; null: only fleet-wide drift opens it.",
     )
     alertmanager_url: str | None = Field(
         None, description="Also post alarms to this Prometheus Alertmanager (API v2), e.g. http://127.0.0.1:9093."

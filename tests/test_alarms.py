@@ -189,27 +189,28 @@ def test_most_of_the_fleet_alarming_at_once_is_one_regime_notice_not_an_alarm_ea
     notices = [e for e in events if e["type"] == "regime_change"]
     sent = [(e["event"], e["sensor_id"]) for e in events if e["type"] == "alarm" and not e["suppressed"]]
     assert [(n["event"], n["cause"]) for n in notices] == [("open", "fleet_alarms")]
-    assert notices[0]["at"] == 20.0  # when the second of four sensors alarmed
-    assert sent == [("open", "s0"), ("close", "s0")]  # the first alarm, closed by the notice
-    assert all(e["suspected_regime_change"] for e in events if e["type"] == "alarm" and e["sensor_id"] != "s0")
+    assert notices[0]["at"] == 30.0  # when the third of four sensors alarmed
+    assert sent == [("open", "s0"), ("open", "s1"), ("close", "s0"), ("close", "s1")]  # closed by the notice
+    later = [e for e in events if e["type"] == "alarm" and e["sensor_id"] in ("s2", "s3")]
+    assert all(e["suspected_regime_change"] and e["suppressed"] for e in later)
 
 
-def test_one_sensor_of_four_alarming_is_an_alarm_and_no_notice() -> None:
-    events = feed_all(AlarmTracker(quiet_s=10.0, channels=CHANNELS), staggered(n_sensors=4, alarmed=1))
-    assert [(e["type"], e["event"], e["suppressed"]) for e in events] == [("alarm", "open", False)]
-    lone = feed_all(AlarmTracker(quiet_s=10.0, channels=CHANNELS), staggered(n_sensors=1, alarmed=1))
-    assert [e["type"] for e in lone] == ["alarm"]  # a fleet of one has no regime notices of this kind
+def test_two_sensors_of_four_alarming_are_two_alarms_and_no_notice() -> None:
+    events = feed_all(AlarmTracker(quiet_s=10.0, channels=CHANNELS), staggered(n_sensors=4, alarmed=2))
+    assert [(e["type"], e["event"], e["suppressed"]) for e in events] == [("alarm", "open", False)] * 2
+    pair = feed_all(AlarmTracker(quiet_s=10.0, channels=CHANNELS), staggered(n_sensors=2, alarmed=2))
+    assert [e["type"] for e in pair] == ["alarm", "alarm"]  # a fleet of two has no regime notices of this kind
 
 
 def test_the_notice_closes_once_the_fleet_is_quiet_again() -> None:
     tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS)
-    feed_all(tracker, staggered(n_sensors=4, alarmed=2, n=30))
+    feed_all(tracker, staggered(n_sensors=4, alarmed=3, n=40))
     assert tracker.regime_open
-    quiet = feed_all(tracker, staggered(n_sensors=4, alarmed=0, at=30.0, n=30))
+    quiet = feed_all(tracker, staggered(n_sensors=4, alarmed=0, at=40.0, n=30))
     closes = [e for e in quiet if e["type"] == "regime_change"]
     assert [(e["event"], e["closed_by"]) for e in closes] == [("close", "quiet")]
     assert not tracker.regime_open
-    assert closes[0]["at"] == 29.0 + 10.0 + 10.0  # last flagged window, its alarm quiet, then the fleet quiet
+    assert closes[0]["at"] == 39.0 + 10.0 + 10.0  # last flagged window, its alarm quiet, then the fleet quiet
 
 
 def test_what_a_commit_carries_fits_kafkas_metadata_limit() -> None:

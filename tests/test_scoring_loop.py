@@ -310,8 +310,7 @@ def test_alarms_go_out_while_an_earlier_checkpoint_is_still_being_written(
         SlowDisk(tmp_path, CHANNELS),
         DeadLetterFile(tmp_path / "dead.jsonl"),
         settings=LoopSettings(pipelined=True, max_poll_records=8, checkpoint=EVERY_BATCH),
-        # both sensors of this fleet alarm at once, which would be a regime-change notice: not this test's case
-        alarms=AlarmTracker(quiet_s=5.0, channels=CHANNELS, fleet_share=None),
+        alarms=AlarmTracker(quiet_s=5.0, channels=CHANNELS),
         alerts=alerts,
     )
     source = ListSource(stream, batch=8)
