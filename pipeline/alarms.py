@@ -201,7 +201,7 @@ class AlarmTracker:
         self.standout_factor = standout_factor
         self.fleet_share = fleet_share
         self._open: dict[str, Episode] = {}
-        self._active: dict[str, float] = {}  # sensor -> its latest window's event time (the fleet's size)
+        self._active: set[str] = set()  # sensors seen and not gone idle: the fleet's size
         self._regime: dict[str, Any] | None = None  # the open regime-change notice, if any
         self._levels: dict[str, float] = {}  # sensor -> its level (averaged error ratio) while a notice is open
         self._fleet_quiet_since: float | None = None  # event time since which no alarm is open, under a notice
@@ -291,7 +291,7 @@ class AlarmTracker:
         ratio = np.asarray(error, dtype=np.float64) / np.maximum(np.asarray(threshold, dtype=np.float64), 1e-12)
         flagged = np.asarray(anomaly, dtype=bool)
         if self.fleet_share is not None:
-            self._active.update(zip(sensor_ids, np.asarray(end_ts, dtype=np.float64).tolist(), strict=True))
+            self._active.update(sensor_ids)
         # during a regime change a sensor still stands out when its level is far above the fleet's
         standout_level = self._update_levels(sensor_ids, ratio) if self._regime is not None else float("inf")
         watched = set(self._open).union(sensor_ids[i] for i in np.flatnonzero(flagged).tolist())  # open, or opening now
@@ -354,7 +354,7 @@ class AlarmTracker:
     def close(self, sensor_ids: Sequence[str], at: float) -> list[dict[str, Any]]:
         """Close the episodes of ``sensor_ids`` (e.g. sensors gone idle); return their close events."""
         for sensor in sensor_ids:
-            self._active.pop(sensor, None)
+            self._active.discard(sensor)
             self._levels.pop(sensor, None)
         return [
             self._open.pop(s).event("close", at, closed_at=at, closed_by="idle") for s in sensor_ids if s in self._open
