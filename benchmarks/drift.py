@@ -237,24 +237,34 @@ def run_policy(
         while source.position < len(records) and not reached(loop.latest_event_ts):
             time.sleep(0.01)
 
+    def windows_between(since_ts: float, now_ts: float) -> np.ndarray:
+        """The windows of the stream in ``(since_ts, now_ts]`` that retraining may learn from."""
+        frame = fleet[(fleet["ts"] > since_ts) & (fleet["ts"] <= now_ts)]
+        return normal_windows(frame, channels, 30, learnable_windows(work / "error_log", since_ts))[0]
+
+    def publish_at_full_pace(candidate: AnomalyDetector, reason: str) -> str:
+        """Publish once batches flow at full pace again: at the real pace the loop scores a batch of one
+        reading every ~250 ms, and a swap landing there measured that idle gap as the swap pause."""
+        source.set_rate(rate)
+        resumed_ts = loop.latest_event_ts
+        wait_for_stream(lambda ts: ts >= resumed_ts + 5)
+        return registry.publish(candidate, promote=True, reason=reason)
+
     def run_first_stage(since_ts: float) -> bool:
         """The product's first stage: the serving weights get a threshold of their own for the windows since
         the event (:func:`jobs.retrain.recalibrate_for_regime`); its seconds of CPU are seconds of plant time,
         as in the fine-tune below."""
         source.set_rate(real_time_rate)
-        now_ts = loop.latest_event_ts
-        frame = fleet[(fleet["ts"] > since_ts) & (fleet["ts"] <= now_ts)]
-        windows, _ = normal_windows(frame, channels, 30, learnable_windows(work / "error_log", since_ts))
+        windows = windows_between(since_ts, loop.latest_event_ts)
         candidate, metrics = recalibrate_for_regime(registry.load().detector, windows, replay, min_windows=100)
         outcome = f"first stage {metrics['outcome']}" + ("" if candidate else f": {metrics['reason']}")
         if not state["outcomes"] or state["outcomes"][-1] != outcome:
             state["outcomes"].append(outcome)
-        source.set_rate(rate)
-        if candidate is not None:  # published once batches flow at full pace again (see below)
-            resumed_ts = loop.latest_event_ts
-            wait_for_stream(lambda ts: ts >= resumed_ts + 5)
-            registry.publish(candidate, promote=True, reason=f"drift benchmark, first stage ({policy})")
-        return candidate is not None
+        if candidate is None:
+            source.set_rate(rate)
+            return False
+        publish_at_full_pace(candidate, f"drift benchmark, first stage ({policy})")
+        return True
 
     def retrain_in_background(trigger_ts: float) -> None:
         # the first stage, retried every first_stage_s while the plant is still between regimes, until the run
@@ -271,9 +281,7 @@ def run_policy(
         # second) until the candidate is published, and at full pace again for the swap
         source.set_rate(real_time_rate)
         now_ts = loop.latest_event_ts
-        recent_frame = fleet[(fleet["ts"] > now_ts - recent_s) & (fleet["ts"] <= now_ts)]
-        keep = learnable_windows(work / "error_log", now_ts - recent_s)
-        recent, _ = normal_windows(recent_frame, channels, 30, keep)
+        recent = windows_between(now_ts - recent_s, now_ts)
         current = registry.load().detector
         candidate, metrics = fine_tune_and_gate(
             current,
@@ -286,15 +294,12 @@ def run_policy(
         )
         promoted = metrics["outcome"] == "promoted"
         state["outcomes"].append(metrics["outcome"] if promoted else f"{metrics['outcome']}: {metrics['reason']}")
-        source.set_rate(rate)
-        if candidate is not None:
-            # publish once batches flow at full pace again: at the real pace the loop scores a batch of one
-            # reading every ~250 ms, and a swap landing there measured that idle gap as the swap pause
-            resumed_ts = loop.latest_event_ts
-            wait_for_stream(lambda ts: ts >= resumed_ts + 5)
-            version = registry.publish(candidate, promote=True, reason=f"drift benchmark ({policy})")
-            if learned_after_drift(now_ts, recent_s, drift_ts):
-                versions_after_drift.add(version)
+        if candidate is None:
+            source.set_rate(rate)
+            return
+        version = publish_at_full_pace(candidate, f"drift benchmark ({policy})")
+        if learned_after_drift(now_ts, recent_s, drift_ts):
+            versions_after_drift.add(version)
 
     class DriftTrigger:
         """The loop's events publisher: drift the policy wants starts a run; events while one runs join it."""

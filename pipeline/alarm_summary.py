@@ -91,16 +91,13 @@ def alarms_after_drift(
     suppressed = events[events["suppressed"].astype(bool) & (events["event"] == "open")] if len(events) else events
     suppressed_count = int(((suppressed["at"] >= drift_at) & (suppressed["at"] < span_end)).sum()) if len(events) else 0
     injected = caught = 0
-    for sensor, readings in fleet.groupby("sensor_id"):
-        labels = readings["anomaly"].to_numpy()
-        times = readings["timestamp"].to_numpy()
+    for sensor, spans in labelled.items():
         starts = opened.loc[opened["sensor_id"] == sensor, "at"]
-        for start, stop in anomaly_episodes(labels):
-            if times[start] < drift_at:
+        for start, end in spans:
+            if start < drift_at:
                 continue
             injected += 1
-            end = times[min(stop + window, len(times)) - 1]
-            caught += bool(((starts >= times[start]) & (starts <= end)).any())
+            caught += bool(((starts >= start) & (starts <= end)).any())
     return {
         "alarm_episodes_after_drift": episodes,
         "alarm_minutes_after_drift": minutes,
