@@ -29,9 +29,12 @@ n}``), never silent, opens on whichever sign comes first: the drift detectors' f
 ``fleet_share`` of the active sensors (and at least :data:`MIN_FLEET_ALARMS`) would have one open
 (``cause: "fleet_alarms"``): a change of operating point reaches the alarms of most sensors within seconds,
 minutes before a drift detector has the evidence, so without this every sensor but the last was
-alarmed first. The notice closes on the next model swap (a model for the new regime,
-:meth:`AlarmTracker.regime_settled`), or once no alarm has been open for ``quiet_s`` (the fleet is
-judged normal again, e.g. a passing disturbance). While it is open, episodes are marked
+alarmed first. The notice closes once no alarm has been open for ``quiet_s``: ``closed_by:
+"model_swap"`` when a new model has served since it opened (:meth:`AlarmTracker.model_swapped`),
+``"quiet"`` when the fleet settled by itself (a passing disturbance). A swap alone does not close it:
+the first model after a change (a recalibrated threshold, or one fine-tuned mid-ramp) often still
+alarms on most sensors, and closing the notice at the swap sent those alarms (drift benchmark, gradual
+drift: 2 of 5 alarms sent within 3 minutes after a first-stage swap). While it is open, episodes are marked
 ``suspected_regime_change`` and, by ``regime_policy``: ``suppress`` keeps them off the alerts topic
 (``"suppressed": true``; still in the alarms table; alarms open when the notice opens are closed
 with ``"closed_by": "regime_change"``) unless the sensor *stands out from the fleet*
@@ -205,6 +208,7 @@ class AlarmTracker:
         self._regime: dict[str, Any] | None = None  # the open regime-change notice, if any
         self._levels: dict[str, float] = {}  # sensor -> its level (averaged error ratio) while a notice is open
         self._fleet_quiet_since: float | None = None  # event time since which no alarm is open, under a notice
+        self._swapped_under_notice = False  # a new model has served since the notice opened
 
     @property
     def regime_open(self) -> bool:
@@ -229,12 +233,17 @@ class AlarmTracker:
         self._fleet_quiet_since = None if self._open else at
         return events
 
+    def model_swapped(self) -> None:
+        """A new model serves: an open notice closes once the fleet is quiet under it (``closed_by: "model_swap"``)."""
+        self._swapped_under_notice = self._regime is not None
+
     def regime_settled(self, at: float, closed_by: str = "model_swap") -> list[dict[str, Any]]:
-        """The model was replaced (retrained on the new regime): close the notice, if one is open."""
+        """Close the notice, if one is open (the fleet is judged to be in a known regime again)."""
         if self._regime is None:
             return []
         event = {**self._notice("close", at), "closed_by": closed_by}
         self._regime = self._fleet_quiet_since = None
+        self._swapped_under_notice = False
         self._levels.clear()
         return [event]
 
@@ -347,8 +356,9 @@ class AlarmTracker:
                     self._fleet_quiet_since = ts
         quiet_since = self._fleet_quiet_since
         if self._regime is not None and quiet_since is not None and float(end_ts[-1]) - quiet_since >= self.quiet_s:
-            # no alarm open for quiet_s: the fleet is judged normal again
-            events += self.regime_settled(quiet_since + self.quiet_s, closed_by="quiet")
+            # no alarm open for quiet_s: the fleet is judged normal again (under a new model, or by itself)
+            closed_by = "model_swap" if self._swapped_under_notice else "quiet"
+            events += self.regime_settled(quiet_since + self.quiet_s, closed_by=closed_by)
         return events
 
     def close(self, sensor_ids: Sequence[str], at: float) -> list[dict[str, Any]]:

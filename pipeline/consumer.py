@@ -305,8 +305,8 @@ class ScoringLoop:
 
     def _swap_now(self, detector: AnomalyDetector, version: str) -> None:
         self.scorer.swap(detector, version)
-        if self.alarms is not None:  # a model for the new regime serves: the regime-change notice closes
-            self._send_alarms(self.alarms.regime_settled(self._latest_ts))
+        if self.alarms is not None:  # an open regime-change notice closes once the fleet is quiet under it
+            self.alarms.model_swapped()
         if self.drift is not None:
             self.drift.reset(version)
         self.metrics.set_model_version(version)

@@ -99,6 +99,9 @@ def test_metadata_from_elsewhere_is_ignored() -> None:
     assert len(tracker) == 0
 
 
+SENSORS4 = [f"s{i}" for i in range(4)]
+
+
 def fleet_batch(n_sensors: int, ratios: dict[str, float], at: float) -> dict[str, np.ndarray]:
     """One window per sensor at ``at``; every sensor flagged at ratio 1.5 unless ``ratios`` says otherwise."""
     sensors = [f"s{i}" for i in range(n_sensors)]
@@ -130,6 +133,21 @@ def test_a_fleet_wide_drift_is_one_notice_and_suppresses_the_alarms_it_explains(
     assert len(events) == 10  # the others are kept (the alarms table), off the alerts topic
     (closed,) = tracker.regime_settled(at=200.0)
     assert (closed["event"], closed["notice_id"], closed["alarms_covered"]) == ("close", notice[0]["notice_id"], 10)
+
+
+def test_a_model_swap_closes_the_notice_only_once_the_fleet_is_quiet_under_the_new_model() -> None:
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
+    (notice,) = tracker.fleet_drift(at=100.0, model_version="v1")
+    tracker.model_swapped()  # e.g. a first stage's threshold, and the fleet still alarms under it
+    still = [e for t in range(101, 120) for e in feed_all(tracker, fleet_batch(4, {}, at=float(t)))]
+    assert tracker.regime_open
+    assert still
+    assert all(e["suppressed"] for e in still if e["type"] == "alarm")  # no flood after the swap
+    quiet = [e for t in range(120, 140) for e in feed_all(tracker, fleet_batch(4, dict.fromkeys(SENSORS4, 0.2), at=t))]
+    (closed,) = [e for e in quiet if e["type"] == "regime_change"]
+    assert (closed["event"], closed["notice_id"], closed["closed_by"]) == ("close", notice["notice_id"], "model_swap")
+    assert closed["at"] == 139.0  # the last flagged window at 119: alarms closed at 129, then quiet_s with none open
+    assert not tracker.regime_open
 
 
 def test_a_suppressed_alarm_that_later_stands_out_is_sent_under_its_id() -> None:
