@@ -15,7 +15,8 @@ or when the sensor goes idle. Each change is an event (schema :data:`ALARM_SCHEM
 window, so scoring the same readings again (a replay after a crash or a rebalance) gives the same id:
 delivery is at least once, and a consumer of the alerts deduplicates by ``(alarm_id, event)``.
 Open episodes travel with the offset commits (:meth:`AlarmTracker.snapshot` / :meth:`restore`), so the
-next owner of a partition continues an open alarm under its id instead of raising a second one.
+next owner of a partition continues an open alarm under its id instead of raising a second one; so does
+an open regime-change notice (:meth:`AlarmTracker.notice_snapshot` / :meth:`restore_notice`).
 Updates are sent only when the peak ratio has grown by half since the last event, not per window.
 
 Severity is the peak error / threshold ratio: below 2 ``warning``, below 4 ``major``, else
@@ -405,6 +406,36 @@ class AlarmTracker:
             except (TypeError, ValueError):
                 continue  # metadata written by something else: ignore it; a lasting anomaly opens again
         return restored
+
+    def notice_snapshot(self) -> dict[str, Any] | None:
+        """The open regime-change notice as every partition's commit metadata carries it (None: none open).
+
+        A restart or the next owner of a partition continues the notice under its id instead of sending
+        the fleet's alarms until most sensors alarm again. The sensors' levels are not carried: after a
+        restart a sensor's level starts afresh from its next windows.
+        """
+        if self._regime is None:
+            return None
+        return {**self._regime, "swapped": self._swapped_under_notice, "quiet_since": self._fleet_quiet_since}
+
+    def restore_notice(self, carried: object) -> bool:
+        """Continue the notice a commit carried (no event: it was sent); False when none or one is open."""
+        if self._regime is not None or self.regime_policy == "alarm" or not isinstance(carried, dict):
+            return False
+        try:
+            regime = {
+                "notice_id": str(carried["notice_id"]),
+                "opened_at": float(carried["opened_at"]),
+                "model_version": str(carried["model_version"]),
+                "cause": str(carried["cause"]),
+            }
+            quiet_since = carried.get("quiet_since")
+            quiet = None if quiet_since is None else float(quiet_since)
+        except (KeyError, TypeError, ValueError):
+            return False  # metadata written by something else: a lasting regime change opens a notice again
+        self._regime, self._fleet_quiet_since = regime, quiet
+        self._swapped_under_notice = bool(carried.get("swapped", False))
+        return True
 
     def drop_partitions(self, partitions: Sequence[tuple[str, int]]) -> int:
         """Forget, without an event, the episodes of ``partitions`` (moved to another consumer)."""

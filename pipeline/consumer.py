@@ -333,6 +333,8 @@ class ScoringLoop:
                 restored = self.alarms.restore(a.topic, a.partition, a.metadata.get("alarms"))
                 if restored:
                     log.info("%s-%d: %d open alarm(s) taken over from the last commit", a.topic, a.partition, restored)
+                if self.alarms.restore_notice(a.metadata.get("regime")):
+                    log.info("%s-%d: the open regime-change notice taken over from the last commit", *tp)
             rewind = a.metadata.get("rewind_offset")
             replay = isinstance(rewind, int) and 0 <= rewind < a.committed and self.source is not None
             self.checkpointer.assign(tp, a.committed, rewind if replay else None)
@@ -727,6 +729,10 @@ class ScoringLoop:
             for tp, carried in self.alarms.snapshot().items():
                 if tp in offsets:
                     offsets[tp][1]["alarms"] = carried
+            notice = self.alarms.notice_snapshot()  # the fleet's notice, in every partition's commit
+            if notice is not None:
+                for _, metadata in offsets.values():
+                    metadata["regime"] = notice
         return Sealed(offsets, [(sink, sink.seal()) for sink in self.durable_sinks])
 
     @property

@@ -150,6 +150,41 @@ def test_a_model_swap_closes_the_notice_only_once_the_fleet_is_quiet_under_the_n
     assert not tracker.regime_open
 
 
+def notice_stream(tracker: AlarmTracker, lo: int, hi: int) -> list[dict]:
+    """Four sensors: quiet, a fleet-wide rise from t=10 to t=40 (a notice from the alarms), quiet again."""
+    events = []
+    for t in range(lo, hi):
+        ratio = 1.6 if 10 <= t < 40 else 0.3
+        events += feed_all(tracker, fleet_batch(4, dict.fromkeys(SENSORS4, ratio), at=float(t)))
+    return events
+
+
+@given(st.integers(1, 69))
+def test_a_restart_continues_the_open_notice_under_its_id(cut: int) -> None:
+    reference = notice_stream(AlarmTracker(quiet_s=10.0, channels=CHANNELS), 0, 70)
+    first = AlarmTracker(quiet_s=10.0, channels=CHANNELS)
+    before = notice_stream(first, 0, cut)
+    alarms, notice = first.snapshot(), first.notice_snapshot()  # what the commit at ``cut`` carries
+    second = AlarmTracker(quiet_s=10.0, channels=CHANNELS)
+    for (topic, partition), carried in alarms.items():
+        second.restore(topic, partition, carried)
+    assert second.restore_notice(notice) == (notice is not None)
+    after = notice_stream(second, cut, 70)
+
+    def public(events: list[dict]) -> list[tuple]:
+        return [(e["type"], e["event"], e.get("alarm_id") or e["notice_id"]) for e in events if not e.get("suppressed")]
+
+    assert public(before + after) == public(reference)
+    assert [e["event"] for e in reference if e["type"] == "regime_change"] == ["open", "close"]
+
+
+def test_a_carried_notice_from_elsewhere_is_ignored() -> None:
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS)
+    assert not tracker.restore_notice({"notice_id": "x"})
+    assert not tracker.restore_notice("garbage")
+    assert not tracker.regime_open
+
+
 def test_a_suppressed_alarm_that_later_stands_out_is_sent_under_its_id() -> None:
     tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
     tracker.fleet_drift(at=100.0, model_version="v1")
@@ -251,7 +286,9 @@ def test_what_a_commit_carries_fits_kafkas_metadata_limit() -> None:
     )
     (carried,) = tracker.snapshot().values()
     assert 0 < len(carried) <= 10
-    assert len(json.dumps({"v": 1, "rewind_offset": 10**12, "alarms": carried})) < 4096
+    tracker.fleet_drift(at=1.0, model_version="v000001-with-a-long-name")
+    metadata = {"v": 1, "rewind_offset": 10**12, "alarms": carried, "regime": tracker.notice_snapshot()}
+    assert len(json.dumps(metadata)) < 4096
 
 
 def test_events_and_carried_state_are_plain_json() -> None:

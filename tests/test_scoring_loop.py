@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,40 @@ def test_the_loop_checkpoints_every_roll_rows_windows(detector: AnomalyDetector,
     assert committed[-1] == ends[-1] == 180
     assert set(committed) <= set(ends), (committed, ends)  # only ever a sealed checkpoint's end
     assert committed == sorted(committed)
+
+
+def test_an_open_regime_notice_travels_with_the_commit_to_the_next_owner(
+    detector: AnomalyDetector, tmp_path: Path
+) -> None:
+    from pipeline.sources import Assignment
+
+    def loop_with_alarms(root: Path) -> ScoringLoop:
+        return ScoringLoop(
+            WindowScorer(detector, "v1"),
+            WindowAssembler(WINDOW),
+            ErrorLogSink(root, CHANNELS),
+            DeadLetterFile(root / "dead.jsonl"),
+            settings=LoopSettings(pipelined=True, max_poll_records=16, checkpoint=HOURLY),
+            alarms=AlarmTracker(quiet_s=1e6, channels=CHANNELS, regime_policy="suppress"),
+            alerts=Collect(),
+        )
+
+    first = loop_with_alarms(tmp_path / "first")
+    assert first.alarms is not None
+    (opened,) = first.alarms.fleet_drift(at=1_700_000_000.0, model_version="v1")
+    source = ListSource(records(), batch=16)
+    first.run(source, idle_timeout_s=0)
+    offset, metadata = source.commits[-1][("t", 0)]
+    assert metadata["regime"]["notice_id"] == opened["notice_id"]
+
+    second = loop_with_alarms(tmp_path / "second")
+    second.on_assigned([Assignment("t", 0, offset, json.loads(json.dumps(metadata)))])
+    assert second.alarms is not None
+    assert second.alarms.regime_open  # continued under its id: no second notice, the fleet's alarms held
+    assert second.alarms.fleet_drift(at=2.0, model_version="v1") == []
+    carried = second.alarms.notice_snapshot()
+    assert carried is not None
+    assert carried["notice_id"] == opened["notice_id"]
 
 
 class Collect:
