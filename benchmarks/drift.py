@@ -27,7 +27,9 @@ what the new weights forgot from what the recalibrated threshold moved), swap pa
 last batch on the old model and the first on the new one), lost or duplicated windows, and what an
 operator received between the drift and the first retrained model
 (:func:`pipeline.alarm_summary.alarms_after_drift`, as the demo reports it): alarm episodes sent,
-their plant minutes, and the share of labelled anomalies after the drift that got an alarm.
+their plant minutes, and the share of labelled anomalies after the drift that got an alarm; beside them,
+the false alarms the same span would have held at the rate the initial model sent them before the drift
+(from the end of its training rows): the detector's own base rate, which no drift handling removes.
 
 Forgetting is measured on a held-out old-regime fleet (:func:`held_out_old_regime`: unseen units of the
 same machine design, 64 labelled anomalies), not on the stream's few old-regime episodes. With several
@@ -96,6 +98,9 @@ class PolicyResult:
     post_drift_recall: float | None = None  # labelled anomalies after the drift that got an alarm
     false_alarm_episodes_after_drift: int | None = None  # of those alarms, the ones on no labelled anomaly
     false_alarm_minutes_after_drift: float | None = None
+    # the reference: false alarms the same model sent before the drift (after its training rows), scaled
+    # to the span above: what that span would have cost with no drift at all
+    false_alarm_episodes_at_pre_drift_rate: float | None = None
 
     @property
     def far_ratio_after_swap(self) -> float | None:
@@ -356,6 +361,11 @@ def run_policy(
         config.error_log_dir / "alarms", fleet, frame, pd.Timestamp(drift_ts, unit="s", tz="UTC"),
         versions_after_drift, initial.window,
     )  # fmt: skip
+    train_end = pd.Timestamp(float(fleet["ts"].iloc[0]) + scenario.train_rows, unit="s", tz="UTC")
+    before = alarms_after_drift(
+        config.error_log_dir / "alarms", fleet, frame[end_ts < drift_ts], train_end, set(), initial.window
+    )
+    pre_drift_rate = before["false_alarm_episodes_after_drift"] / max(before["span_minutes"], 1e-9)
     return PolicyResult(
         seed=scenario.seed,
         policy=policy,
@@ -380,6 +390,7 @@ def run_policy(
         post_drift_recall=received["post_drift_recall"],
         false_alarm_episodes_after_drift=received["false_alarm_episodes_after_drift"],
         false_alarm_minutes_after_drift=received["false_alarm_minutes_after_drift"],
+        false_alarm_episodes_at_pre_drift_rate=pre_drift_rate * received["span_minutes"],
     )
 
 
@@ -407,6 +418,7 @@ def format_results(results: list[PolicyResult]) -> str:
         "alarms",
         "alarm min",
         "false (min)",
+        "at pre-drift rate",
         "recall",
         "retrain",
     )
@@ -433,6 +445,7 @@ def format_results(results: list[PolicyResult]) -> str:
                 cell(r.alarm_episodes_after_drift, "d"),
                 cell(r.alarm_minutes_after_drift, ".1f"),
                 f"{cell(r.false_alarm_episodes_after_drift, 'd')} ({cell(r.false_alarm_minutes_after_drift, '.1f')})",
+                cell(r.false_alarm_episodes_at_pre_drift_rate, ".1f"),
                 cell(r.post_drift_recall, ".2f"),
                 r.retrain_outcome,
             )
@@ -565,6 +578,9 @@ def headline(results: list[PolicyResult]) -> dict[str, float | int | None]:
         "post_drift_recall": rounded(worst_low(lambda r: r.post_drift_recall), 3),
         "false_alarm_episodes_per_benign_drift": rounded(worst_mean(lambda r: r.false_alarm_episodes_after_drift), 2),
         "false_alarm_minutes_after_drift": rounded(worst_mean(lambda r: r.false_alarm_minutes_after_drift), 2),
+        "false_alarm_episodes_at_pre_drift_rate": rounded(
+            worst_mean(lambda r: r.false_alarm_episodes_at_pre_drift_rate), 2
+        ),
     }
 
 

@@ -23,6 +23,8 @@ summary and the drift benchmark report the same three figures from this one func
 (1, 0.5, 1.0)
 >>> figures["false_alarm_episodes_after_drift"]  # it covered the labelled anomaly: not a false alarm
 0
+>>> round(figures["span_minutes"], 2)  # from the drift to v2's first window
+8.33
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def alarms_after_drift(
     ``window`` readings of their end; None without any), ``suppressed_after_drift``, and
     ``false_alarm_episodes_after_drift`` / ``false_alarm_minutes_after_drift``: the same two counts for
     the sent alarms that overlap no labelled anomaly of their sensor (up to ``window`` readings after
-    it): what the benign drift itself cost the operator.
+    it): what the benign drift itself cost the operator; ``span_minutes``, the span's plant minutes.
     """
     root = Path(alarms_dir)
     empty = pd.DataFrame(columns=["event", "alarm_id", "suppressed", "at", "sensor_id"])
@@ -105,6 +107,7 @@ def alarms_after_drift(
         "suppressed_after_drift": suppressed_count,
         "false_alarm_episodes_after_drift": false_episodes,
         "false_alarm_minutes_after_drift": false_minutes,
+        "span_minutes": max((span_end - drift_at).total_seconds(), 0.0) / 60,
     }
 
 
