@@ -28,8 +28,9 @@ last batch on the old model and the first on the new one), lost or duplicated wi
 operator received between the drift and the first retrained model
 (:func:`pipeline.alarm_summary.alarms_after_drift`, as the demo reports it): alarm episodes sent,
 their plant minutes, and the share of labelled anomalies after the drift that got an alarm; beside them,
-the false alarms the same span would have held at the rate the initial model sent them before the drift
-(from the end of its training rows): the detector's own base rate, which no drift handling removes.
+the alarms (and false alarms) the same span would have held at the rate the initial model sent them
+before the drift (from the end of its training rows), and the recall there: the detector's own base
+rate, which no drift handling removes.
 
 Forgetting is measured on a held-out old-regime fleet (:func:`held_out_old_regime`: unseen units of the
 same machine design, 64 labelled anomalies), not on the stream's few old-regime episodes. With several
@@ -98,9 +99,12 @@ class PolicyResult:
     post_drift_recall: float | None = None  # labelled anomalies after the drift that got an alarm
     false_alarm_episodes_after_drift: int | None = None  # of those alarms, the ones on no labelled anomaly
     false_alarm_minutes_after_drift: float | None = None
-    # the reference: false alarms the same model sent before the drift (after its training rows), scaled
-    # to the span above: what that span would have cost with no drift at all
+    # the reference: alarms (and false ones) the same model sent before the drift (after its training
+    # rows), scaled to the span above: what that span would have held with no drift at all; and the
+    # share of labelled anomalies alarmed there (recall with no drift)
+    alarm_episodes_at_pre_drift_rate: float | None = None
     false_alarm_episodes_at_pre_drift_rate: float | None = None
+    pre_drift_recall: float | None = None
 
     @property
     def far_ratio_after_swap(self) -> float | None:
@@ -365,7 +369,7 @@ def run_policy(
     before = alarms_after_drift(
         config.error_log_dir / "alarms", fleet, frame[end_ts < drift_ts], train_end, set(), initial.window
     )
-    pre_drift_rate = before["false_alarm_episodes_after_drift"] / max(before["span_minutes"], 1e-9)
+    per_span = received["span_minutes"] / max(before["span_minutes"], 1e-9)
     return PolicyResult(
         seed=scenario.seed,
         policy=policy,
@@ -390,7 +394,9 @@ def run_policy(
         post_drift_recall=received["post_drift_recall"],
         false_alarm_episodes_after_drift=received["false_alarm_episodes_after_drift"],
         false_alarm_minutes_after_drift=received["false_alarm_minutes_after_drift"],
-        false_alarm_episodes_at_pre_drift_rate=pre_drift_rate * received["span_minutes"],
+        alarm_episodes_at_pre_drift_rate=before["alarm_episodes_after_drift"] * per_span,
+        false_alarm_episodes_at_pre_drift_rate=before["false_alarm_episodes_after_drift"] * per_span,
+        pre_drift_recall=before["post_drift_recall"],
     )
 
 
@@ -418,7 +424,8 @@ def format_results(results: list[PolicyResult]) -> str:
         "alarms",
         "alarm min",
         "false (min)",
-        "at pre-drift rate",
+        "at pre-drift rate: alarms (false)",
+        "recall pre",
         "recall",
         "retrain",
     )
@@ -445,7 +452,9 @@ def format_results(results: list[PolicyResult]) -> str:
                 cell(r.alarm_episodes_after_drift, "d"),
                 cell(r.alarm_minutes_after_drift, ".1f"),
                 f"{cell(r.false_alarm_episodes_after_drift, 'd')} ({cell(r.false_alarm_minutes_after_drift, '.1f')})",
-                cell(r.false_alarm_episodes_at_pre_drift_rate, ".1f"),
+                f"{cell(r.alarm_episodes_at_pre_drift_rate, '.1f')} "
+                f"({cell(r.false_alarm_episodes_at_pre_drift_rate, '.1f')})",
+                cell(r.pre_drift_recall, ".2f"),
                 cell(r.post_drift_recall, ".2f"),
                 r.retrain_outcome,
             )
@@ -578,9 +587,11 @@ def headline(results: list[PolicyResult]) -> dict[str, float | int | None]:
         "post_drift_recall": rounded(worst_low(lambda r: r.post_drift_recall), 3),
         "false_alarm_episodes_per_benign_drift": rounded(worst_mean(lambda r: r.false_alarm_episodes_after_drift), 2),
         "false_alarm_minutes_after_drift": rounded(worst_mean(lambda r: r.false_alarm_minutes_after_drift), 2),
+        "alarm_episodes_at_pre_drift_rate": rounded(worst_mean(lambda r: r.alarm_episodes_at_pre_drift_rate), 2),
         "false_alarm_episodes_at_pre_drift_rate": rounded(
             worst_mean(lambda r: r.false_alarm_episodes_at_pre_drift_rate), 2
         ),
+        "pre_drift_recall": rounded(worst_low(lambda r: r.pre_drift_recall), 3),
     }
 
 
