@@ -419,8 +419,12 @@ class AlarmTracker:
         return {**self._regime, "swapped": self._swapped_under_notice, "quiet_since": self._fleet_quiet_since}
 
     def restore_notice(self, carried: object) -> bool:
-        """Continue the notice a commit carried (no event: it was sent); False when none or one is open."""
-        if self._regime is not None or self.regime_policy == "alarm" or not isinstance(carried, dict):
+        """Continue the notice a commit carried (no event: it was sent); False when there is none.
+
+        Partitions committed at different times may carry different notices (one that received no
+        data since keeps an older one): the most recently opened wins.
+        """
+        if self.regime_policy == "alarm" or not isinstance(carried, dict):
             return False
         try:
             regime = {
@@ -433,6 +437,8 @@ class AlarmTracker:
             quiet = None if quiet_since is None else float(quiet_since)
         except (KeyError, TypeError, ValueError):
             return False  # metadata written by something else: a lasting regime change opens a notice again
+        if self._regime is not None and self._regime["opened_at"] >= regime["opened_at"]:
+            return False
         self._regime, self._fleet_quiet_since = regime, quiet
         self._swapped_under_notice = bool(carried.get("swapped", False))
         return True

@@ -178,11 +178,18 @@ def test_a_restart_continues_the_open_notice_under_its_id(cut: int) -> None:
     assert [e["event"] for e in reference if e["type"] == "regime_change"] == ["open", "close"]
 
 
-def test_a_carried_notice_from_elsewhere_is_ignored() -> None:
+def test_a_carried_notice_from_elsewhere_is_ignored_and_the_newest_carried_one_wins() -> None:
     tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS)
     assert not tracker.restore_notice({"notice_id": "x"})
     assert not tracker.restore_notice("garbage")
     assert not tracker.regime_open
+    older = {"notice_id": "old", "opened_at": 10.0, "model_version": "v1", "cause": "fleet_drift"}
+    newer = {**older, "notice_id": "new", "opened_at": 50.0}
+    assert tracker.restore_notice(newer)
+    assert not tracker.restore_notice(older)  # a partition with no data since keeps the older one
+    carried = tracker.notice_snapshot()
+    assert carried is not None
+    assert carried["notice_id"] == "new"
 
 
 def test_a_suppressed_alarm_that_later_stands_out_is_sent_under_its_id() -> None:
