@@ -85,7 +85,12 @@ def records(n_per_sensor: int = 60, sensors: int = 3) -> list[Record]:
 
 
 def make_loop(
-    detector: AnomalyDetector, root: Path, *, pipelined: bool, checkpoint: CheckpointSettings = HOURLY
+    detector: AnomalyDetector,
+    root: Path,
+    *,
+    pipelined: bool,
+    checkpoint: CheckpointSettings = HOURLY,
+    **parts: Any,  # alarms, alerts, alarm_log, ...
 ) -> ScoringLoop:
     return ScoringLoop(
         WindowScorer(detector, "v1"),
@@ -93,6 +98,7 @@ def make_loop(
         ErrorLogSink(root, CHANNELS),
         DeadLetterFile(root / "dead.jsonl"),
         settings=LoopSettings(pipelined=pipelined, max_poll_records=16, checkpoint=checkpoint),
+        **parts,
     )
 
 
@@ -233,15 +239,8 @@ def test_an_open_regime_notice_travels_with_the_commit_to_the_next_owner(
     from pipeline.sources import Assignment
 
     def loop_with_alarms(root: Path) -> ScoringLoop:
-        return ScoringLoop(
-            WindowScorer(detector, "v1"),
-            WindowAssembler(WINDOW),
-            ErrorLogSink(root, CHANNELS),
-            DeadLetterFile(root / "dead.jsonl"),
-            settings=LoopSettings(pipelined=True, max_poll_records=16, checkpoint=HOURLY),
-            alarms=AlarmTracker(quiet_s=1e6, channels=CHANNELS, regime_policy="suppress"),
-            alerts=Collect(),
-        )
+        alarms = AlarmTracker(quiet_s=1e6, channels=CHANNELS, regime_policy="suppress")
+        return make_loop(detector, root, pipelined=True, alarms=alarms, alerts=Collect())
 
     first = loop_with_alarms(tmp_path / "first")
     assert first.alarms is not None
@@ -276,15 +275,9 @@ def test_the_loop_sends_alarms_at_once_and_keeps_suppressed_ones_off_the_alerts(
     detector: AnomalyDetector, tmp_path: Path
 ) -> None:
     alerts = Collect()
-    loop = ScoringLoop(
-        WindowScorer(detector, "v1"),
-        WindowAssembler(WINDOW),
-        ErrorLogSink(tmp_path, CHANNELS),
-        DeadLetterFile(tmp_path / "dead.jsonl"),
-        settings=LoopSettings(pipelined=True, max_poll_records=16, checkpoint=HOURLY),
-        alarms=AlarmTracker(quiet_s=5.0, channels=CHANNELS, regime_policy="suppress"),
-        alerts=alerts,
-        alarm_log=AlarmEventSink(tmp_path),
+    alarms = AlarmTracker(quiet_s=5.0, channels=CHANNELS, regime_policy="suppress")
+    loop = make_loop(
+        detector, tmp_path, pipelined=True, alarms=alarms, alerts=alerts, alarm_log=AlarmEventSink(tmp_path)
     )
     stats = loop.run(ListSource(records(), batch=16), idle_timeout_s=0)
     table = pd.read_parquet(tmp_path / "alarms") if (tmp_path / "alarms").exists() else pd.DataFrame()
