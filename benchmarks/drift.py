@@ -366,9 +366,10 @@ def run_policy(
         versions_after_drift, initial.window,
     )  # fmt: skip
     train_end = pd.Timestamp(float(fleet["ts"].iloc[0]) + scenario.train_rows, unit="s", tz="UTC")
-    before = alarms_after_drift(
-        config.error_log_dir / "alarms", fleet, frame[end_ts < drift_ts], train_end, set(), initial.window
-    )
+    before = alarms_after_drift(  # the fleet and the log up to the drift: its anomalies, its alarms
+        config.error_log_dir / "alarms", fleet[fleet["ts"] < drift_ts], frame[end_ts < drift_ts], train_end, set(),
+        initial.window,
+    )  # fmt: skip
     per_span = received["span_minutes"] / max(before["span_minutes"], 1e-9)
     return PolicyResult(
         seed=scenario.seed,
