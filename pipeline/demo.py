@@ -91,6 +91,7 @@ class DemoSummary:
     suppressed_after_drift: int  # alarms kept off the alerts (regime change) over the same span
     false_alarm_episodes_after_drift: int  # of the alarms sent then, those on no injected anomaly
     false_alarm_minutes_after_drift: float
+    span_minutes: float  # plant minutes from the drift to the first post-drift model's first window
     report: Path
     error_log: Path
 
@@ -116,7 +117,8 @@ class DemoSummary:
             f"drift                  injected at {self.drift_at:%H:%M:%S}, detected at {detected}; "
             f"{self.false_fleet_drifts} fleet-wide false alarm(s) before it",
             f"alarms after the drift {self.alarm_episodes_after_drift} sent, {self.alarm_minutes_after_drift:.1f} "
-            f"alarm-minutes until the first retrained model ({self.false_alarm_episodes_after_drift} / "
+            f"alarm-minutes until the first retrained model {self.span_minutes:.1f} min later "
+            f"({self.false_alarm_episodes_after_drift} / "
             f"{self.false_alarm_minutes_after_drift:.1f} on no injected anomaly; {self.suppressed_after_drift} "
             f"suppressed as regime change); recall of injected anomalies after the drift {pct(self.post_drift_recall)}",
             "model versions         "
