@@ -30,7 +30,8 @@ n}``), never silent, opens on whichever sign comes first: the drift detectors' f
 ``fleet_share`` of the active sensors (and at least :data:`MIN_FLEET_ALARMS`) would have one open
 (``cause: "fleet_alarms"``): a change of operating point reaches the alarms of most sensors within seconds,
 minutes before a drift detector has the evidence, so without this every sensor but the last was
-alarmed first. The notice closes once no alarm has been open for ``quiet_s``: ``closed_by:
+alarmed first. The notice closes once the fleet has been quiet for ``quiet_s`` (no alarm open; on a large
+fleet, at most :data:`QUIET_SHARE` of ``fleet_share`` of its sensors alarmed): ``closed_by:
 "model_swap"`` when a new model has served since it opened (:meth:`AlarmTracker.model_swapped`),
 ``"quiet"`` when the fleet settled by itself (a passing disturbance). A swap alone does not close it:
 the first model after a change (a recalibrated threshold, or one fine-tuned mid-ramp) often still
@@ -84,6 +85,11 @@ STANDOUT_SPAN = 30
 #: two, a fleet of four whose retrained model alarmed on 3 % of windows kept opening notices from
 #: coincidences, and the notices kept real anomalies off the alerts (drift benchmark, gradual drift).
 MIN_FLEET_ALARMS = 3
+#: Under a notice the fleet is *quiet* while at most this share of ``fleet_share`` of its active sensors
+#: has an alarm open (rounded down: none on a fleet of four, 125 of 1,000 at a share of 0.5). "No alarm
+#: open" alone never holds on a large fleet, whose normal false alarms overlap all the time, so a notice
+#: there would never close and keep every alarm that does not stand out off the alerts.
+QUIET_SHARE = 0.25
 
 
 def alarm_id(sensor_id: str, topic: str, partition: int, offset: int) -> str:
@@ -231,8 +237,18 @@ class AlarmTracker:
             episode.suspected_regime_change = True
             if self.regime_policy == "suppress":  # resolved by the notice; a sensor that stands out re-opens
                 events.append(self._open.pop(sensor).event("close", at, closed_at=at, closed_by="regime_change"))
-        self._fleet_quiet_since = None if self._open else at
+        self._fleet_quiet_since = None
+        self._note_quiet(at)
         return events
+
+    def _quiet_limit(self) -> int:
+        """Open alarms the fleet may have and still count as quiet under a notice (see :data:`QUIET_SHARE`)."""
+        return int(QUIET_SHARE * (self.fleet_share or 0.0) * len(self._active))
+
+    def _note_quiet(self, at: float) -> None:
+        """An alarm closed (or a notice opened) at ``at``: the fleet's quiet time starts if it is quiet now."""
+        if self._fleet_quiet_since is None and len(self._open) <= self._quiet_limit():
+            self._fleet_quiet_since = at
 
     def model_swapped(self) -> None:
         """A new model serves: an open notice closes once the fleet is quiet under it (``closed_by: "model_swap"``)."""
@@ -314,7 +330,6 @@ class AlarmTracker:
                     if self._regime is None and self._fleet_alarming():  # most of the fleet at once: a regime
                         events += self.fleet_drift(ts, model_version, cause="fleet_alarms")
                         standout_level = self._update_levels(sensor_ids, ratio)
-                    self._fleet_quiet_since = None
                     episode = self._open[sensor] = Episode(
                         alarm_id(sensor, topics[i], int(partitions[i]), int(offsets[i])),
                         sensor,
@@ -327,6 +342,8 @@ class AlarmTracker:
                         model_version,
                         {"topic": topics[i], "partition": int(partitions[i]), "offset": int(offsets[i])},
                     )
+                    if len(self._open) > self._quiet_limit():
+                        self._fleet_quiet_since = None
                     if self._regime is not None:
                         episode.suspected_regime_change = True
                         episode.suppressed = bool(
@@ -353,11 +370,10 @@ class AlarmTracker:
                     events.append(episode.event("update", ts))
             elif episode is not None and ts - episode.last_anomalous_at >= self.quiet_s:
                 events.append(self._open.pop(sensor).event("close", ts, closed_at=ts, closed_by="quiet"))
-                if not self._open:
-                    self._fleet_quiet_since = ts
+                self._note_quiet(ts)
         quiet_since = self._fleet_quiet_since
         if self._regime is not None and quiet_since is not None and float(end_ts[-1]) - quiet_since >= self.quiet_s:
-            # no alarm open for quiet_s: the fleet is judged normal again (under a new model, or by itself)
+            # the fleet quiet for quiet_s: judged normal again (under a new model, or by itself)
             closed_by = "model_swap" if self._swapped_under_notice else "quiet"
             events += self.regime_settled(quiet_since + self.quiet_s, closed_by=closed_by)
         return events
@@ -367,9 +383,12 @@ class AlarmTracker:
         for sensor in sensor_ids:
             self._active.discard(sensor)
             self._levels.pop(sensor, None)
-        return [
+        events = [
             self._open.pop(s).event("close", at, closed_at=at, closed_by="idle") for s in sensor_ids if s in self._open
         ]
+        if events:
+            self._note_quiet(at)
+        return events
 
     def _top(self, channel_error: np.ndarray) -> list[str]:
         order = np.argsort(-np.asarray(channel_error, dtype=np.float64), kind="stable")[: self.top_channels]

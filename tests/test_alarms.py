@@ -150,6 +150,24 @@ def test_a_model_swap_closes_the_notice_only_once_the_fleet_is_quiet_under_the_n
     assert not tracker.regime_open
 
 
+def test_on_a_large_fleet_a_notice_closes_although_a_few_sensors_always_alarm() -> None:
+    """Forty sensors, two of which alarm on and off all the time (the normal false alarms of a big fleet):
+    "no alarm open" never holds, but the fleet is quiet with at most a quarter of fleet_share alarmed."""
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
+    sensors = [f"s{i}" for i in range(40)]
+    tracker.update(sensors, np.zeros(40), np.zeros(40, bool), np.zeros(40), np.ones(40), np.zeros((40, 2)), "v1",
+                   ["t"] * 40, np.zeros(40, int), np.arange(40))  # fmt: skip
+    tracker.fleet_drift(at=1.0, model_version="v1")
+    events = []
+    for t in range(2, 60):
+        noisy = {"s0": 1.5, "s1": 1.5} if t % 3 else {}  # two sensors, flagged two windows in three
+        events += feed_all(tracker, fleet_batch(40, {**dict.fromkeys(sensors, 0.2), **noisy}, at=float(t)))
+    closes = [e for e in events if e["type"] == "regime_change" and e["event"] == "close"]
+    assert len(closes) == 1
+    assert closes[0]["closed_by"] == "quiet"
+    assert not tracker.regime_open
+
+
 def notice_stream(tracker: AlarmTracker, lo: int, hi: int) -> list[dict]:
     """Four sensors: quiet, a fleet-wide rise from t=10 to t=40 (a notice from the alarms), quiet again."""
     events = []
