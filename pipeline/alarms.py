@@ -214,7 +214,7 @@ class AlarmTracker:
         self._active: set[str] = set()  # sensors seen and not gone idle: the fleet's size
         self._regime: dict[str, Any] | None = None  # the open regime-change notice, if any
         self._levels: dict[str, float] = {}  # sensor -> its level (averaged error ratio) while a notice is open
-        self._fleet_quiet_since: float | None = None  # event time since which no alarm is open, under a notice
+        self._fleet_quiet_since: float | None = None  # event time since which the fleet is quiet, under a notice
         self._swapped_under_notice = False  # a new model has served since the notice opened
 
     @property
@@ -254,7 +254,7 @@ class AlarmTracker:
         """A new model serves: an open notice closes once the fleet is quiet under it (``closed_by: "model_swap"``)."""
         self._swapped_under_notice = self._regime is not None
 
-    def regime_settled(self, at: float, closed_by: str = "model_swap") -> list[dict[str, Any]]:
+    def regime_settled(self, at: float, *, closed_by: str) -> list[dict[str, Any]]:
         """Close the notice, if one is open (the fleet is judged to be in a known regime again)."""
         if self._regime is None:
             return []

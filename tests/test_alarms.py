@@ -131,7 +131,7 @@ def test_a_fleet_wide_drift_is_one_notice_and_suppresses_the_alarms_it_explains(
     assert [e["sensor_id"] for e in public] == ["s3"]  # stands out from the fleet: still alarmed
     assert all(e["suspected_regime_change"] for e in events)
     assert len(events) == 10  # the others are kept (the alarms table), off the alerts topic
-    (closed,) = tracker.regime_settled(at=200.0)
+    (closed,) = tracker.regime_settled(at=200.0, closed_by="quiet")
     assert (closed["event"], closed["notice_id"], closed["alarms_covered"]) == ("close", notice[0]["notice_id"], 10)
 
 
