@@ -222,6 +222,21 @@ def test_a_suppressed_alarm_that_later_stands_out_is_sent_under_its_id() -> None
     assert opened == [("open", False, first["alarm_id"])]  # its level stands out: sent once, under its id
 
 
+def test_an_alarm_that_stood_out_closes_once_its_sensor_rejoins_the_fleet() -> None:
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
+    tracker.fleet_drift(at=100.0, model_version="v1")
+    events = [e for t in range(101, 121) for e in feed_all(tracker, fleet_batch(10, {"s4": 30.0}, at=float(t)))]
+    (sent,) = [e for e in events if e["sensor_id"] == "s4" and e["event"] == "open" and not e["suppressed"]]
+    # the anomaly is over; s4 is still flagged like every other sensor (the regime change's ramp goes on)
+    after = [e for t in range(121, 200) for e in feed_all(tracker, fleet_batch(10, {}, at=float(t)))]
+    s4 = [(e["event"], e["closed_by"], e["suppressed"]) for e in after if e["sensor_id"] == "s4"]
+    (closed,) = [e for e in after if e["alarm_id"] == sent["alarm_id"]]
+    assert (closed["event"], closed["closed_by"]) == ("close", "rejoined_fleet")
+    assert closed["at"] < 190  # its level (30x, averaged) is back within ~2 level spans, not when the plant settles
+    assert s4 == [("close", "rejoined_fleet", False), ("open", None, True)]  # the rest is the notice's
+    assert not any(e["event"] == "open" and not e["suppressed"] for e in after)  # no second alarm sent
+
+
 def test_policies_notify_and_alarm() -> None:
     notify = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="notify")
     assert notify.fleet_drift(at=100.0, model_version="v1")
