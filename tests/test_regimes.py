@@ -30,6 +30,17 @@ def test_recent_windows_far_from_every_known_regime_become_a_regime_of_their_own
     assert (regimes.assign(NEW) == new).mean() > 0.99
 
 
+def test_windows_beyond_a_narrow_new_regime_are_judged_by_it_not_by_the_wide_old_one() -> None:
+    rng = np.random.default_rng(3)
+    old, ramp_start = rng.normal(0, 1, (600, 5)), rng.normal(2.5, 0.1, (300, 5))  # a first stage, minutes in
+    regimes = fit_regimes([], old, ramp_start)
+    new = int(np.argmin([np.abs(r.centre - 2.5).max() for r in regimes.regimes]))
+    ramp_later = np.linspace(2.5, 5.0, 50)[:, None] * np.ones(5)  # the ramp goes on beyond it
+    assert (regimes.assign(ramp_later) == new).all()
+    inside_old = rng.normal(0, 1, (200, 5))
+    assert (regimes.assign(inside_old) == 1 - new).mean() > 0.99  # the discriminant still decides inside
+
+
 def test_recent_windows_of_a_known_regime_join_it() -> None:
     same_regime = RNG.normal(0.3, 1.0, (400, 3))  # a scheduled run without drift: the centre barely moved
     regimes = fit_regimes([], OLD, same_regime)
