@@ -207,6 +207,7 @@ class AlarmTracker:
         regime_policy: RegimePolicy = "suppress",
         standout_factor: float = 3.0,
         fleet_share: float | None = 0.5,
+        near_ratio: float | None = 0.6,
     ) -> None:
         if quiet_s < 0:
             raise ValueError("quiet_s must be >= 0")
@@ -218,6 +219,8 @@ class AlarmTracker:
         self.regime_policy = regime_policy
         self.standout_factor = standout_factor
         self.fleet_share = fleet_share
+        self.near_ratio = near_ratio
+        self._last_ratio: dict[str, float] = {}  # sensor -> its latest window's error ratio (before this batch)
         self._open: dict[str, Episode] = {}
         self._active: set[str] = set()  # sensors seen and not gone idle: the fleet's size
         self._regime: dict[str, Any] | None = None  # the open regime-change notice, if any
@@ -291,12 +294,24 @@ class AlarmTracker:
             and self._levels.get(episode.sensor_id, 0.0) < REJOIN_SHARE * standout_level
         )
 
-    def _fleet_alarming(self) -> bool:
-        """Would one more open alarm make more than ``fleet_share`` of the active sensors (and three) alarmed?"""
+    def _fleet_alarming(self, sensor_ids: Sequence[str], ratio: np.ndarray, row: int) -> bool:
+        """Would an alarm opening at ``row`` make more than ``fleet_share`` of the active sensors (and three) alarmed?
+
+        Sensors without an open alarm whose latest window before ``row`` came within ``near_ratio`` of
+        their threshold count as alarmed: a fleet-wide rise brings most sensors there together, and the
+        first ones to cross would otherwise be sent before the rest made it a regime change.
+        """
         if self.fleet_share is None or self.regime_policy == "alarm":
             return False
+        needed = max(MIN_FLEET_ALARMS, int(self.fleet_share * len(self._active)) + 1)
         alarmed = len(self._open) + 1
-        return alarmed >= MIN_FLEET_ALARMS and alarmed > self.fleet_share * len(self._active)
+        if alarmed >= needed or self.near_ratio is None:
+            return alarmed >= needed
+        latest = dict(self._last_ratio)
+        latest.update(zip(sensor_ids[:row], ratio[:row].tolist(), strict=True))
+        sensor, near = sensor_ids[row], self.near_ratio
+        alarmed += sum(r >= near for s, r in latest.items() if s != sensor and s not in self._open)
+        return alarmed >= needed
 
     def _notice(self, kind: str, at: float) -> dict[str, Any]:
         assert self._regime is not None
@@ -348,7 +363,7 @@ class AlarmTracker:
                     events.append(self._open.pop(sensor).event("close", ts, closed_at=ts, closed_by="rejoined_fleet"))
                     episode = None  # what it still flags is the regime change's: a suppressed episode opens
                 if episode is None:
-                    if self._regime is None and self._fleet_alarming():  # most of the fleet at once: a regime
+                    if self._regime is None and self._fleet_alarming(sensor_ids, ratio, i):  # a regime change
                         events += self.fleet_drift(ts, model_version, cause="fleet_alarms")
                         standout_level = self._update_levels(sensor_ids, ratio)
                     episode = self._open[sensor] = Episode(
@@ -392,6 +407,8 @@ class AlarmTracker:
             elif episode is not None and ts - episode.last_anomalous_at >= self.quiet_s:
                 events.append(self._open.pop(sensor).event("close", ts, closed_at=ts, closed_by="quiet"))
                 self._note_quiet(ts)
+        if self.near_ratio is not None and self.fleet_share is not None:
+            self._last_ratio.update(zip(sensor_ids, ratio.tolist(), strict=True))
         quiet_since = self._fleet_quiet_since
         if self._regime is not None and quiet_since is not None and float(end_ts[-1]) - quiet_since >= self.quiet_s:
             # the fleet quiet for quiet_s: judged normal again (under a new model, or by itself)
@@ -404,6 +421,7 @@ class AlarmTracker:
         for sensor in sensor_ids:
             self._active.discard(sensor)
             self._levels.pop(sensor, None)
+            self._last_ratio.pop(sensor, None)
         events = [
             self._open.pop(s).event("close", at, closed_at=at, closed_by="idle") for s in sensor_ids if s in self._open
         ]

@@ -286,6 +286,13 @@ class AlarmSettings(_Section):
         description="A regime-change notice also opens when an alarm opening would leave more than this share of "
         "the active sensors (and at least three) alarmed at once; null: only fleet-wide drift opens it.",
     )
+    near_ratio: float | None = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="For fleet_share, sensors whose latest window's error is at least this share of their threshold "
+        "count as alarmed, so the first sensors of a fleet-wide rise are not alarmed one by one; null: off.",
+    )
     alertmanager_url: str | None = Field(
         None, description="Also post alarms to this Prometheus Alertmanager (API v2), e.g. http://127.0.0.1:9093."
     )

@@ -155,6 +155,7 @@ def build_loop(
             config.alarms.regime_policy,
             config.alarms.standout_factor,
             config.alarms.fleet_share,
+            config.alarms.near_ratio,
         ),
         alerts=_with_alertmanager(config, alerts),
         alarm_log=AlarmEventSink(config.error_log_dir),

@@ -288,6 +288,55 @@ def test_most_of_the_fleet_alarming_at_once_is_one_regime_notice_not_an_alarm_ea
     assert all(e["suspected_regime_change"] and e["suppressed"] for e in later)
 
 
+def rising(n_sensors: int = 4, n: int = 60, spread: float = 0.05) -> dict[str, np.ndarray]:
+    """A fleet-wide rise: every sensor's error ratio climbs together, sensor i ``spread * i`` above s0."""
+    ts = np.repeat(np.arange(n, dtype=float), n_sensors)
+    sensor = np.tile(np.arange(n_sensors), n)
+    ratio = 0.3 + 0.02 * ts + spread * sensor
+    return {
+        "sensor_ids": [f"s{i}" for i in sensor],
+        "end_ts": ts,
+        "anomaly": ratio > 1.0,
+        "error": ratio,
+        "threshold": np.ones(len(ts)),
+        "channel_error": np.column_stack([ratio, ratio / 2]),
+        "offsets": np.arange(len(ts)),
+    }
+
+
+def test_a_fleet_wide_rise_opens_the_notice_at_the_first_alarm_not_the_third() -> None:
+    near = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress", near_ratio=0.6)
+    events = feed_all(near, rising())
+    (notice,) = [e for e in events if e["type"] == "regime_change"]
+    first = next(e for e in events if e["type"] == "alarm")
+    assert (notice["cause"], notice["at"], first["sensor_id"]) == ("fleet_alarms", first["at"], "s3")
+    assert not any(e["type"] == "alarm" and not e["suppressed"] for e in events)  # none sent one by one
+    assert all(e["type"] != "regime_change" or e["event"] == "open" for e in events)
+    counted_only_open = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress", near_ratio=None)
+    events = feed_all(counted_only_open, rising())
+    sent = [e["sensor_id"] for e in events if e["type"] == "alarm" and e["event"] == "open" and not e["suppressed"]]
+    assert sent == ["s3", "s2"]  # without it the first two crossings were sent before the third made it a regime
+
+
+@given(st.lists(st.integers(0, 240), max_size=6))
+def test_the_fleet_rise_does_not_depend_on_how_the_stream_is_batched(cuts: list[int]) -> None:
+    s = rising()
+    whole = feed_all(AlarmTracker(quiet_s=10.0, channels=CHANNELS), s)
+    tracker, got, bounds = AlarmTracker(quiet_s=10.0, channels=CHANNELS), [], sorted({0, 240, *cuts})
+    for lo, hi in itertools.pairwise(bounds):
+        got += feed(tracker, s, lo, hi)
+    assert got == whole
+
+
+def test_one_sensor_alarming_while_the_rest_are_far_from_their_thresholds_is_an_alarm() -> None:
+    tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress", near_ratio=0.6)
+    s = rising(n=10)
+    s["error"] = np.where(np.array(s["sensor_ids"]) == "s3", s["end_ts"] * 0.2, 0.55)  # the rest just below 0.6
+    s["anomaly"] = s["error"] > 1.0
+    events = feed_all(tracker, s)
+    assert [(e["type"], e["sensor_id"], e["suppressed"]) for e in events] == [("alarm", "s3", False)]
+
+
 def test_two_sensors_of_four_alarming_are_two_alarms_and_no_notice() -> None:
     events = feed_all(AlarmTracker(quiet_s=10.0, channels=CHANNELS), staggered(n_sensors=4, alarmed=2))
     assert [(e["type"], e["event"], e["suppressed"]) for e in events] == [("alarm", "open", False)] * 2
