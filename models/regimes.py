@@ -80,10 +80,6 @@ class Regime:
         offset = np.asarray(levels, dtype=np.float64) - self.centre
         return np.asarray(np.einsum("ni,ni->n", offset, np.linalg.solve(self.covariance, offset.T).T))
 
-    def log_likelihood(self, levels: np.ndarray) -> np.ndarray:
-        """Gaussian log density of each row, up to the constant shared by every regime."""
-        return np.asarray(-0.5 * (self.mahalanobis(levels) + np.linalg.slogdet(self.covariance)[1]))
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "centre": self.centre.tolist(),
@@ -122,7 +118,7 @@ class Regimes:
             return np.empty(0, dtype=np.int64)
         distances = np.stack([r.mahalanobis(levels) for r in self.regimes], axis=1)  # [n, regimes], squared
         logdets = np.array([np.linalg.slogdet(r.covariance)[1] for r in self.regimes])
-        choice = np.asarray((-0.5 * (distances + logdets)).argmax(axis=1))
+        choice = np.asarray((-0.5 * (distances + logdets)).argmax(axis=1))  # Gaussian log density, up to a constant
         outside = (distances > chi2.ppf(OUTSIDE_QUANTILE, df=levels.shape[1])).all(axis=1)
         if outside.any():  # outside every regime: the nearest centre, not the widest spread
             centres = np.stack([r.centre for r in self.regimes])  # [regimes, channels]
