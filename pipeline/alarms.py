@@ -294,6 +294,11 @@ class AlarmTracker:
             and self._levels.get(episode.sensor_id, 0.0) < REJOIN_SHARE * standout_level
         )
 
+    @property
+    def _fleet_rule_share(self) -> float | None:
+        """``fleet_share`` where most of the fleet alarming at once can open a notice (None: it cannot)."""
+        return None if self.regime_policy == "alarm" else self.fleet_share
+
     def _fleet_alarming(self, sensor_ids: Sequence[str], ratio: np.ndarray, row: int) -> bool:
         """Would an alarm opening at ``row`` make more than ``fleet_share`` of the active sensors (and three) alarmed?
 
@@ -301,9 +306,10 @@ class AlarmTracker:
         their threshold count as alarmed: a fleet-wide rise brings most sensors there together, and the
         first ones to cross would otherwise be sent before the rest made it a regime change.
         """
-        if self.fleet_share is None or self.regime_policy == "alarm":
+        share = self._fleet_rule_share
+        if share is None:
             return False
-        needed = max(MIN_FLEET_ALARMS, int(self.fleet_share * len(self._active)) + 1)
+        needed = max(MIN_FLEET_ALARMS, int(share * len(self._active)) + 1)
         alarmed = len(self._open) + 1
         if alarmed >= needed or self.near_ratio is None:
             return alarmed >= needed
@@ -407,7 +413,7 @@ class AlarmTracker:
             elif episode is not None and ts - episode.last_anomalous_at >= self.quiet_s:
                 events.append(self._open.pop(sensor).event("close", ts, closed_at=ts, closed_by="quiet"))
                 self._note_quiet(ts)
-        if self.near_ratio is not None and self.fleet_share is not None:
+        if self.near_ratio is not None and self._fleet_rule_share is not None:
             self._last_ratio.update(zip(sensor_ids, ratio.tolist(), strict=True))
         quiet_since = self._fleet_quiet_since
         if self._regime is not None and quiet_since is not None and float(end_ts[-1]) - quiet_since >= self.quiet_s:
