@@ -41,9 +41,12 @@ DRIFT_ROW = 2000
 BATCH = 200  # windows per tracker update, as micro-batches feed it
 
 
-def fleet_events(detector: AnomalyDetector, fleet: pd.DataFrame, channels: tuple[str, ...], near: float | None):
-    """Every alarm and notice event of the fleet's windows after ``FIT_ROWS``, and per sensor its labelled spans."""
-    rows: list[tuple[float, str, bool, float, float, np.ndarray, int]] = []
+Row = tuple[float, str, bool, float, float, np.ndarray, int]  # end, sensor, flagged, error, threshold, channels, row
+
+
+def fleet_windows(detector: AnomalyDetector, fleet: pd.DataFrame, channels: tuple[str, ...]):
+    """The fleet's scored windows after ``FIT_ROWS`` in time order, and per sensor its labelled spans."""
+    rows: list[Row] = []
     spans: dict[str, list[tuple[int, int]]] = {}
     for sensor, group in fleet.groupby("sensor_id"):
         detection = detector.predict(group[list(channels)].to_numpy()[FIT_ROWS:])
@@ -56,6 +59,11 @@ def fleet_events(detector: AnomalyDetector, fleet: pd.DataFrame, channels: tuple
                  float(detection.threshold[j]), detection.channel_error[j], row)
             )  # fmt: skip
     rows.sort(key=lambda r: (r[0], r[1]))
+    return rows, spans
+
+
+def fleet_events(rows: list[Row], channels: tuple[str, ...], near: float | None) -> list[dict]:
+    """Every alarm and notice event the scorer's tracker raises on ``rows``, fed in micro-batches."""
     tracker = AlarmTracker(QUIET_S, channels, regime_policy="suppress", fleet_share=0.5, near_ratio=near)
     events = []
     for lo in range(0, len(rows), BATCH):
@@ -65,7 +73,7 @@ def fleet_events(detector: AnomalyDetector, fleet: pd.DataFrame, channels: tuple
             np.array([r[3] for r in part]), np.array([r[4] for r in part]), np.stack([r[5] for r in part]),
             "v1", ["t"] * len(part), np.zeros(len(part), int), np.array([r[6] for r in part]),
         )  # fmt: skip
-    return events, spans
+    return events
 
 
 def sent_opens(events: list[dict]) -> list[dict]:
@@ -87,15 +95,16 @@ def main(argv: list[str]) -> None:
         fleet = simulate_fleet(spec)
         channels = tuple(spec.channels)
         detector = settings.fit([g[list(channels)].to_numpy()[:FIT_ROWS] for _, g in fleet.groupby("sensor_id")])
-        drifted = {
-            kind: simulate_fleet(
+        windows, spans = fleet_windows(detector, fleet, channels)
+        drifted = [
+            fleet_windows(detector, simulate_fleet(
                 FleetSpec(sensors=4, rows=3000, anomalies_per_sensor=0, seed=seed,
                           drift=DriftSpec(at_row=DRIFT_ROW, kind=kind, ramp_rows=600))  # type: ignore[arg-type]
-            )
+            ), channels)[0]
             for kind in ("abrupt", "gradual")
-        }  # fmt: skip
+        ]  # fmt: skip
         for near in nears:
-            events, spans = fleet_events(detector, fleet, channels, near)
+            events = fleet_events(windows, channels, near)
             opens = sent_opens(events)
             f = figures[near]
             f["notices"] += sum(e["type"] == "regime_change" and e["event"] == "open" for e in events)
@@ -103,8 +112,8 @@ def main(argv: list[str]) -> None:
             for sensor, sensor_spans in spans.items():
                 starts = [e["opened_at"] for e in opens if e["sensor_id"] == sensor]
                 f["caught"] += sum(any(a <= s <= b + settings.window for s in starts) for a, b in sensor_spans)
-            for drifted_fleet in drifted.values():
-                events, _ = fleet_events(detector, drifted_fleet, channels, near)
+            for drifted_windows in drifted:
+                events = fleet_events(drifted_windows, channels, near)
                 f["drift_sent"] += sum(DRIFT_ROW <= e["opened_at"] < DRIFT_ROW + 600 for e in sent_opens(events))
         labelled += sum(len(s) for s in spans.values())
     print(f"{labelled} labelled anomalies on 2 fleets without drift (seeds 5, 6); 4 benign drifts (2 seeds x 2 kinds)")
