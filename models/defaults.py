@@ -3,12 +3,15 @@
 :class:`models.lstm_ae.LSTMAEConfig`, :meth:`models.detector.AnomalyDetector.fit` and the configuration
 object (:class:`pipeline.config.ModelSettings`) all take their defaults from here.
 
->>> DEFAULT_WINDOW, DEFAULT_HIDDEN_SIZE, DEFAULT_LATENT_SIZE, DEFAULT_SCORE_STEPS
-(30, 32, 8, 5)
+>>> DEFAULT_WINDOW, DEFAULT_HIDDEN_SIZE, DEFAULT_LATENT_SIZE, DEFAULT_SCORE_STEPS, DEFAULT_FULL_STRETCH_READINGS
+(30, 32, 8, 10, 1200)
 """
 
 DEFAULT_WINDOW = 30
 DEFAULT_HIDDEN_SIZE = 32
 DEFAULT_LATENT_SIZE = 8
 # for new models; a network config without score_steps (older checkpoints) scores all of a window's steps
-DEFAULT_SCORE_STEPS = 5
+DEFAULT_SCORE_STEPS = 10
+# a training stretch shorter than this (readings per segment) gets its threshold widened by sqrt(1200 / n)
+# (models.threshold.short_stretch_margin); chosen on tuning data only (README: tuning procedure)
+DEFAULT_FULL_STRETCH_READINGS = 1200

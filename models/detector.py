@@ -26,7 +26,13 @@ import pandas as pd
 import torch
 
 from models.crossfit import crossfit_errors
-from models.defaults import DEFAULT_HIDDEN_SIZE, DEFAULT_LATENT_SIZE, DEFAULT_SCORE_STEPS, DEFAULT_WINDOW
+from models.defaults import (
+    DEFAULT_FULL_STRETCH_READINGS,
+    DEFAULT_HIDDEN_SIZE,
+    DEFAULT_LATENT_SIZE,
+    DEFAULT_SCORE_STEPS,
+    DEFAULT_WINDOW,
+)
 from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
 from models.preprocessing import StandardScaler, components_for_variance, finite_windows, window_end_rows
 from models.regimes import Regimes, window_levels
@@ -218,6 +224,7 @@ class AnomalyDetector:
         training: TrainingConfig = TrainingConfig(),
         rule: ThresholdRule = QuantileRule(0.99),
         threshold_margin: float = 1.0,
+        full_stretch_readings: int = DEFAULT_FULL_STRETCH_READINGS,
         calibration_fraction: float = 0.2,
         calibration_folds: int = 0,
         alarm: AlarmFilter = AlarmFilter(),
@@ -233,7 +240,10 @@ class AnomalyDetector:
         it as a per-window false-alarm rate). Too little data raises :class:`NotEnoughDataError`.
 
         The calibrated threshold is multiplied by ``threshold_margin`` (>1 trades misses for fewer
-        false alarms when normal operation outside the training period varies more than inside it).
+        false alarms when normal operation outside the training period varies more than inside it),
+        and, when the segments are shorter than ``full_stretch_readings`` readings on average, by
+        :func:`models.threshold.short_stretch_margin` (a short stretch holds little of the normal
+        variation to come; 0: never).
         ``relative_channels`` (names from ``channels`` or indices) enter the model relative to each
         window's mean (see :mod:`models.preprocessing`): for slow channels such as temperatures.
         ``"auto"`` picks them from the data: :func:`wandering_channels`. A window is scored by the
@@ -278,7 +288,17 @@ class AnomalyDetector:
             calibration_errors = crossfit_errors(segment_windows, config, training, epochs, calibration_folds)
         else:
             calibration_errors = reconstruction_errors(model, cal).error
-        detector.threshold = rule.fit(calibration_errors).with_margin(threshold_margin)
+        threshold = rule.fit(calibration_errors).with_margin(threshold_margin)
+        readings_per_segment = float(np.mean([len(segment) for segment in segments]))
+        detector.threshold = threshold.widened_for_short_stretch(readings_per_segment, full_stretch_readings)
+        if detector.threshold is not threshold:
+            log.warning(
+                "only %d normal readings per segment: the threshold is widened %.2fx for the variation a short "
+                "stretch does not hold (none from %d readings on; model.full_stretch_readings)",
+                readings_per_segment,
+                detector.threshold.params["short_stretch_margin"],
+                full_stretch_readings,
+            )
         detector.calibration_errors = calibration_errors  # kept in memory (benchmarks), not in checkpoints
         return detector
 

@@ -48,6 +48,17 @@ class Threshold:
             return self
         return Threshold(self.value * margin, self.rule, {**self.params, "margin": margin}, self.calibration_size)
 
+    def widened_for_short_stretch(self, readings_per_segment: float, full_readings: int) -> Threshold:
+        """The same threshold times :func:`short_stretch_margin` (recorded as ``short_stretch_margin``).
+
+        Kept apart from :meth:`with_margin`'s user margin: retraining carries the user's margin, not this one.
+        """
+        factor = short_stretch_margin(readings_per_segment, full_readings)
+        if factor == 1.0:
+            return self
+        params = {**self.params, "short_stretch_margin": factor}
+        return Threshold(self.value * factor, self.rule, params, self.calibration_size)
+
     def exceeded(self, errors: np.ndarray) -> np.ndarray:
         return np.asarray(errors) > self.value
 
@@ -60,6 +71,25 @@ class Threshold:
         if not np.isfinite(value):
             raise ValueError("threshold value must be finite")
         return cls(value, str(values["rule"]), dict(values.get("params", {})), int(values.get("calibration_size", 0)))
+
+
+def short_stretch_margin(readings_per_segment: float, full_readings: int) -> float:
+    """How much a threshold calibrated on a short stretch of normal data is widened: ``sqrt(full / n)``, at least 1.
+
+    A stretch of few readings holds little of the normal variation to come (a shift, a load cycle,
+    another run), and an upper quantile of its errors promises a false-alarm rate it cannot keep; the
+    margin shrinks like a standard error as the stretch grows and vanishes at ``full_readings``
+    (0: never widen). ``n`` is the mean length of the training segments in readings. Chosen on tuning data
+    only (README: tuning procedure).
+
+    >>> short_stretch_margin(400, 1000), short_stretch_margin(1000, 1000), short_stretch_margin(5000, 1000)
+    (1.5811388300841898, 1.0, 1.0)
+    >>> short_stretch_margin(400, 0)
+    1.0
+    """
+    if full_readings <= 0 or readings_per_segment >= full_readings:
+        return 1.0
+    return float(np.sqrt(full_readings / max(readings_per_segment, 1.0)))
 
 
 @runtime_checkable

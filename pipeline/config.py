@@ -28,7 +28,13 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from models.defaults import DEFAULT_HIDDEN_SIZE, DEFAULT_LATENT_SIZE, DEFAULT_SCORE_STEPS, DEFAULT_WINDOW
+from models.defaults import (
+    DEFAULT_FULL_STRETCH_READINGS,
+    DEFAULT_HIDDEN_SIZE,
+    DEFAULT_LATENT_SIZE,
+    DEFAULT_SCORE_STEPS,
+    DEFAULT_WINDOW,
+)
 from models.training_config import TrainingConfig
 
 ENV_PREFIX = "DRIFTLINE_"
@@ -135,6 +141,13 @@ class ModelSettings(_Section):
     threshold_rule: Literal["quantile", "mean_std", "pot", "target_far"] = "target_far"
     threshold_params: dict[str, float] = Field(default_factory=lambda: {"q": 0.99})
     threshold_margin: float = Field(1.0, gt=0.0, description="Multiplier on the calibrated threshold.")
+    full_stretch_readings: int = Field(
+        DEFAULT_FULL_STRETCH_READINGS,
+        ge=0,
+        description="Training segments shorter than this many readings (on average) widen the threshold by "
+        "sqrt(full_stretch_readings / readings): a short stretch holds little of the normal variation to come. "
+        "0: never.",
+    )
     target_far: float = Field(
         0.01,
         gt=0.0,
@@ -187,6 +200,7 @@ class ModelSettings(_Section):
             "dropout": self.dropout,
             "rule": make_rule(rule, **rule_params),
             "threshold_margin": self.threshold_margin,
+            "full_stretch_readings": self.full_stretch_readings,
             "calibration_folds": self.calibration_folds,
             "alarm": AlarmFilter(self.alarm_k, self.alarm_n),
             "relative_channels": tuple(self.relative_channels),

@@ -10,9 +10,14 @@ fields such as ``input_noise``; see ``DetectorSettings.with_overrides``). For ea
 - detection on labelled simulator fleets (seeds 5 and 6, fit on their anomaly-free first 1,200
   readings): AUC of the window error, FAR and F1 at the calibrated threshold.
 
+With ``--stretch-grid`` it prints instead, per variant, the criterion for each
+``full_stretch_readings`` of :data:`STRETCH_GRID` (one fit per split with the margin off; the short-stretch
+margin only scales the threshold, so AUC does not depend on it).
+
 Usage::
 
     .venv/bin/python scripts/tune_detection.py 'm5={"score_steps": 5}' 'm30={"score_steps": 30}'
+    .venv/bin/python scripts/tune_detection.py --stretch-grid 'm10={"score_steps": 10}'
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from scipy.stats import rankdata
 from benchmarks.calibration import TUNING_ROWS, _fleet_segments
 from benchmarks.skab import CHANNELS
 from benchmarks.untuned import DetectorSettings
+from models.threshold import short_stretch_margin
 from pipeline.config import load_config
 from pipeline.simulator import FleetSpec, simulate_fleet
 
 SKAB_FREE = Path("../shared/data/skab/anomaly-free/anomaly-free.csv")
 FIT_ROWS = 1200  # simulator readings per sensor to fit on
+STRETCH_GRID = (0, 500, 640, 800, 900, 1000, 1100, 1200, 1600, 2000, 3200)
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -52,16 +59,44 @@ def normal_splits() -> list[tuple[str, list[np.ndarray], list[np.ndarray]]]:
     return splits
 
 
+def log_ratio(rate: float, nominal: float) -> float:
+    """The criterion's term for one split: |log(observed / nominal)|, an observed 0 counted as 0.01 %."""
+    return abs(float(np.log(max(rate, 1e-4) / nominal)))
+
+
+def stretch_grid(variants: dict[str, DetectorSettings]) -> None:
+    """Per variant, the mean |log ratio| over the six splits at every ``full_stretch_readings`` of the grid."""
+    splits = normal_splits()
+    for name, settings in variants.items():
+        fitted = []
+        for _, fit, observe in splits:
+            detector = settings.with_overrides(full_stretch_readings=0).fit(fit)
+            assert detector.threshold is not None
+            errors = np.concatenate([detector.predict(o).error for o in observe])
+            readings_per_segment = float(np.mean([len(f) for f in fit]))
+            fitted.append((readings_per_segment, detector.threshold.value, errors[np.isfinite(errors)]))
+        for full in STRETCH_GRID:
+            rates = [float((e > value * short_stretch_margin(n, full)).mean()) for n, value, e in fitted]
+            criterion = np.mean([log_ratio(rate, settings.target_far) for rate in rates])
+            cells = " ".join(f"{r:.2%}" for r in rates)
+            print(name, f"full_stretch_readings {full}: {criterion:.3f}", cells, flush=True)
+
+
 def main(argv: list[str]) -> None:
     base = DetectorSettings.from_config(load_config())
-    variants = {name: base.with_overrides(**json.loads(spec)) for name, spec in (a.split("=", 1) for a in argv)}
+    grid = bool(argv) and argv[0] == "--stretch-grid"
+    args = argv[1:] if grid else argv
+    variants = {name: base.with_overrides(**json.loads(spec)) for name, spec in (a.split("=", 1) for a in args)}
+    if grid:
+        stretch_grid(variants)
+        return
     log_ratios: dict[str, list[float]] = {name: [] for name in variants}
     for split, fit, observe in normal_splits():
         cells = []
         for name, settings in variants.items():
             detector = settings.fit(fit)
             rate = float(np.concatenate([detector.predict(o).exceeded for o in observe]).mean())
-            log_ratios[name].append(abs(np.log(max(rate, 1e-4) / settings.target_far)))
+            log_ratios[name].append(log_ratio(rate, settings.target_far))
             cells.append(f"{name}: {rate:.2%}")
         print(split, " | ".join(cells), flush=True)
     print("mean |log ratio|", {name: round(float(np.mean(v)), 2) for name, v in log_ratios.items()}, flush=True)

@@ -120,6 +120,23 @@ def test_a_constant_stream_gets_a_usable_threshold() -> None:
     assert detector.predict(stepped).alarm[200:].all(), "a step of the constant value does"
 
 
+def test_a_short_stretch_widens_its_threshold_and_a_long_one_does_not() -> None:
+    t = np.arange(1_600.0)
+    readings = np.stack([np.sin(t / 9), np.cos(t / 13)], axis=1) + np.random.default_rng(3).normal(0, 0.1, (1_600, 2))
+    small = {"window": 8, "hidden_size": 8, "latent_size": 2, "training": TrainingConfig(epochs=2, progress=False)}
+    plain = AnomalyDetector.fit(readings[:400], full_stretch_readings=0, **small).threshold
+    widened = AnomalyDetector.fit(readings[:400], full_stretch_readings=1_000, **small).threshold
+    assert plain is not None
+    assert widened is not None
+    assert widened.value == pytest.approx(plain.value * np.sqrt(1_000 / 400))
+    assert widened.params["short_stretch_margin"] == pytest.approx(np.sqrt(2.5))
+    assert "margin" not in widened.params, "the user's margin (which retraining carries) is left alone"
+    assert "short_stretch_margin" not in plain.params
+    long = AnomalyDetector.fit(readings, full_stretch_readings=1_000, **small).threshold
+    assert long is not None
+    assert "short_stretch_margin" not in long.params
+
+
 def test_too_little_data_raises_a_named_error() -> None:
     with pytest.raises(NotEnoughDataError, match="too little normal data"):
         AnomalyDetector.fit(np.zeros((50, 2)), window=10, training=TrainingConfig(epochs=1, progress=False))
