@@ -91,6 +91,7 @@ class SkabParams:
             threshold_margin=2.0,
             relative_channels=["Temperature", "Thermocouple"],
             score_steps=DEFAULT_WINDOW,  # the whole window
+            full_stretch_readings=0,  # its margin was set by hand; no short-stretch margin on top
         )
         return cls(DetectorSettings(model, TrainingConfig(epochs=60, batch_size=32, patience=10, progress=False)))
 

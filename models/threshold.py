@@ -78,7 +78,7 @@ def short_stretch_margin(readings_per_segment: float, full_readings: int) -> flo
 
     A stretch of few readings holds little of the normal variation to come (a shift, a load cycle,
     another run), and an upper quantile of its errors promises a false-alarm rate it cannot keep; the
-    margin shrinks like a standard error as the stretch grows and vanishes at ``full_readings``
+    margin falls as 1 / sqrt(readings), as a standard error does, and vanishes at ``full_readings``
     (0: never widen). ``n`` is the mean length of the training segments in readings. Chosen on tuning data
     only (README: tuning procedure).
 
