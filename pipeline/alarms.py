@@ -275,23 +275,27 @@ class AlarmTracker:
         self._levels.clear()
         return [event]
 
-    def _update_levels(self, sensor_ids: Sequence[str], ratio: np.ndarray) -> float:
-        """Average each sensor's error ratio into its level; return the level that stands out now."""
+    def _update_levels(self, sensor_ids: Sequence[str], ratio: np.ndarray) -> tuple[float, np.ndarray]:
+        """Average each sensor's error ratio into its level, window by window; return the level that stands
+        out now and, per window, its sensor's level as of that window (not as of the batch's end: a batch
+        may hold minutes of one sensor, e.g. a partition read far ahead of the others)."""
         alpha = 2.0 / (STANDOUT_SPAN + 1)
         levels = self._levels
-        for sensor, r in zip(sensor_ids, ratio.tolist(), strict=True):
+        row_levels = np.empty(len(sensor_ids))
+        for i, (sensor, r) in enumerate(zip(sensor_ids, ratio.tolist(), strict=True)):
             level = levels.get(sensor)
-            levels[sensor] = r if level is None else level + alpha * (r - level)
-        return self.standout_factor * max(1.0, float(np.median(list(levels.values()))))
+            levels[sensor] = row_levels[i] = r if level is None else level + alpha * (r - level)
+        return self.standout_factor * max(1.0, float(np.median(list(levels.values())))), row_levels
 
-    def _rejoined_fleet(self, episode: Episode, standout_level: float) -> bool:
-        """Was ``episode`` sent because its sensor stood out under the notice, and is its level back with the fleet?"""
+    def _rejoined_fleet(self, episode: Episode, level: float, standout_level: float) -> bool:
+        """Was ``episode`` sent because its sensor stood out under the notice, and is its ``level`` back with
+        the fleet?"""
         return (
             self._regime is not None
             and self.regime_policy == "suppress"
             and episode.suspected_regime_change
             and not episode.suppressed
-            and self._levels.get(episode.sensor_id, 0.0) < REJOIN_SHARE * standout_level
+            and level < REJOIN_SHARE * standout_level
         )
 
     @property
@@ -358,20 +362,22 @@ class AlarmTracker:
         if self.fleet_share is not None:
             self._active.update(sensor_ids)
         # during a regime change a sensor still stands out when its level is far above the fleet's
-        standout_level = self._update_levels(sensor_ids, ratio) if self._regime is not None else float("inf")
+        standout_level, level = float("inf"), np.zeros(len(sensor_ids))
+        if self._regime is not None:
+            standout_level, level = self._update_levels(sensor_ids, ratio)
         watched = set(self._open).union(sensor_ids[i] for i in np.flatnonzero(flagged).tolist())  # open, or opening now
         rows = np.flatnonzero(np.fromiter((s in watched for s in sensor_ids), bool, len(sensor_ids)))
         for i in rows.tolist():
             sensor, ts = sensor_ids[i], float(end_ts[i])
             episode = self._open.get(sensor)
             if flagged[i]:
-                if episode is not None and self._rejoined_fleet(episode, standout_level):
+                if episode is not None and self._rejoined_fleet(episode, float(level[i]), standout_level):
                     events.append(self._open.pop(sensor).event("close", ts, closed_at=ts, closed_by="rejoined_fleet"))
                     episode = None  # what it still flags is the regime change's: a suppressed episode opens
                 if episode is None:
                     if self._regime is None and self._fleet_alarming(sensor_ids, ratio, i):  # a regime change
                         events += self.fleet_drift(ts, model_version, cause="fleet_alarms")
-                        standout_level = self._update_levels(sensor_ids, ratio)
+                        standout_level, level = self._update_levels(sensor_ids, ratio)
                     episode = self._open[sensor] = Episode(
                         alarm_id(sensor, topics[i], int(partitions[i]), int(offsets[i])),
                         sensor,
@@ -388,12 +394,10 @@ class AlarmTracker:
                         self._fleet_quiet_since = None
                     if self._regime is not None:
                         episode.suspected_regime_change = True
-                        episode.suppressed = bool(
-                            self.regime_policy == "suppress" and self._levels.get(sensor, 0.0) < standout_level
-                        )
+                        episode.suppressed = bool(self.regime_policy == "suppress" and level[i] < standout_level)
                     events.append(episode.event("open", ts))
                     continue
-                if episode.suppressed and self._levels.get(sensor, 0.0) >= standout_level:  # it stands out: alarm it
+                if episode.suppressed and level[i] >= standout_level:  # it stands out: alarm it
                     episode.suppressed = False
                     episode.last_anomalous_at = ts
                     episode.windows += 1

@@ -222,6 +222,37 @@ def test_a_suppressed_alarm_that_later_stands_out_is_sent_under_its_id() -> None
     assert opened == [("open", False, first["alarm_id"])]  # its level stands out: sent once, under its id
 
 
+def subset(s: dict, rows: np.ndarray) -> dict:
+    return {k: ([v[i] for i in rows] if isinstance(v, list) else v[rows]) for k, v in s.items()}
+
+
+def test_a_sensor_that_stands_out_is_sent_even_when_its_partition_is_read_far_behind_the_others() -> None:
+    # every sensor flagged at 5x its threshold under a notice; s0 has a fault of its own at 500x for 20 s
+    n, ts = 120, np.repeat(np.arange(120, dtype=float), 4)
+    sensors = [f"s{i}" for i in np.tile(np.arange(4), n)]
+    ratio = np.where((np.array(sensors) == "s0") & (ts >= 40) & (ts < 60), 500.0, 5.0)
+    s = {
+        "sensor_ids": sensors,
+        "end_ts": ts,
+        "anomaly": ratio > 1.0,
+        "error": ratio,
+        "threshold": np.ones(len(ts)),
+        "channel_error": np.column_stack([ratio, ratio / 2]),
+        "offsets": np.arange(len(ts)),
+    }
+    is_s0 = np.array(sensors) == "s0"
+    in_time = [subset(s, np.arange(lo, min(lo + 200, len(ts)))) for lo in range(0, len(ts), 200)]  # in pace
+    behind = [subset(s, np.flatnonzero(~is_s0)), subset(s, np.flatnonzero(is_s0))]  # s0's partition read last
+    for batches in (in_time, behind):
+        tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
+        tracker.fleet_drift(at=0.0, model_version="v1")
+        events = [event for batch in batches for event in feed_all(tracker, batch)]
+        sent = [(e["event"], e["sensor_id"], e["at"]) for e in events if e["type"] == "alarm" and not e["suppressed"]]
+        assert sent[0][:2] == ("open", "s0"), sent
+        assert 40.0 <= sent[0][2] < 60.0, sent  # while its fault lasts, not after
+        assert {sensor for _, sensor, _ in sent} == {"s0"}
+
+
 def test_an_alarm_that_stood_out_closes_once_its_sensor_rejoins_the_fleet() -> None:
     tracker = AlarmTracker(quiet_s=10.0, channels=CHANNELS, regime_policy="suppress")
     tracker.fleet_drift(at=100.0, model_version="v1")

@@ -34,8 +34,15 @@ from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
 pytestmark = pytest.mark.kafka
 DRIFT_ROW = 500
 STANDOUT = ("sensor-002", 650, 720)  # the sensor, first and last row of its own anomaly after the drift
+# a change of operating point the model flags on every sensor until the stream ends (at 1.5 standard
+# deviations some sensors fell quiet between bursts and the notice closed and reopened: not what is tested)
 SPEC = FleetSpec(
-    sensors=6, rows=900, normal_prefix_rows=400, anomalies_per_sensor=0, drift=DriftSpec(DRIFT_ROW), seed=11
+    sensors=6,
+    rows=900,
+    normal_prefix_rows=400,
+    anomalies_per_sensor=0,
+    drift=DriftSpec(DRIFT_ROW, offset_sd=3.0),
+    seed=11,
 )
 
 
@@ -75,7 +82,7 @@ def notice_config(tmp_path: Path, bootstrap: str, topic: str, registry: Path, **
 
 def sent_alarm_opens(events: list[dict]) -> pd.DataFrame:
     opens = [e for e in events if e["type"] == "alarm" and e["event"] == "open" and not e["suppressed"]]
-    return pd.DataFrame(opens, columns=["alarm_id", "sensor_id", "opened_at", "suspected_regime_change"])
+    return pd.DataFrame(opens, columns=["alarm_id", "sensor_id", "opened_at", "at", "suspected_regime_change"])
 
 
 def test_a_fleet_wide_drift_is_one_notice_and_a_single_sensors_fault_inside_it_is_still_sent(
@@ -88,18 +95,19 @@ def test_a_fleet_wide_drift_is_one_notice_and_a_single_sensors_fault_inside_it_i
 
     events = alarm_events(kafka_broker.bootstrap_servers, f"{topic}-alerts")
     notices = [e for e in events if e["type"] == "regime_change"]
-    assert [n["event"] for n in notices if n["event"] == "open"] == ["open"], notices
+    summary = [(n["event"], n["at"], n.get("cause"), n.get("closed_by")) for n in notices]
+    assert [n["event"] for n in notices if n["event"] == "open"] == ["open"], summary
     assert len({n["notice_id"] for n in notices}) == 1
     drift_at = drifting_fleet["timestamp"].iloc[0] + pd.Timedelta(seconds=DRIFT_ROW)
     sensor, first, last = STANDOUT
     fault = (drift_at + pd.Timedelta(seconds=first - DRIFT_ROW), drift_at + pd.Timedelta(seconds=last - DRIFT_ROW))
     opens = sent_alarm_opens(events)
-    opened = pd.to_datetime(opens["opened_at"], unit="s", utc=True)
-    after = opens[opened >= drift_at]
+    sent_at = pd.to_datetime(opens["at"], unit="s", utc=True)  # when sent (a suppressed episode keeps its opened_at)
+    after = opens[sent_at >= drift_at]
     # the fleet's change: at most the first sensors to cross alarm before the notice, not all six
-    drift_alarms = after[(after["sensor_id"] != sensor) | (opened[after.index] < fault[0])]
+    drift_alarms = after[(after["sensor_id"] != sensor) | (sent_at[after.index] < fault[0])]
     assert drift_alarms["sensor_id"].nunique() <= 2, drift_alarms
-    standout = after[(after["sensor_id"] == sensor) & opened[after.index].between(fault[0], fault[1])]
+    standout = after[(after["sensor_id"] == sensor) & sent_at[after.index].between(fault[0], fault[1])]
     assert len(standout) == 1, f"the single sensor's fault inside the regime change was not sent: {opens}"
     assert bool(standout["suspected_regime_change"].iloc[0]), "it is marked as raised during the notice"
     table = pd.read_parquet(config.error_log_dir / "alarms")
@@ -144,6 +152,6 @@ def test_kill_9_while_the_notice_is_open_continues_it_under_its_id(
     assert notice_ids == {notice_id}, "the restart continued the open notice instead of opening a second"
     opens = sent_alarm_opens(events)
     drift_at = drifting_fleet["timestamp"].iloc[0] + pd.Timedelta(seconds=DRIFT_ROW)
-    after = opens[pd.to_datetime(opens["opened_at"], unit="s", utc=True) >= drift_at]
+    after = opens[pd.to_datetime(opens["at"], unit="s", utc=True) >= drift_at]
     assert after["sensor_id"].nunique() <= 3, f"the restart sent the alarms the notice suppresses: {after}"
     assert (after["sensor_id"] == STANDOUT[0]).any(), "the single sensor's fault was still sent"
