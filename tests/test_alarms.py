@@ -222,16 +222,9 @@ def test_a_suppressed_alarm_that_later_stands_out_is_sent_under_its_id() -> None
     assert opened == [("open", False, first["alarm_id"])]  # its level stands out: sent once, under its id
 
 
-def subset(s: dict, rows: np.ndarray) -> dict:
-    return {k: ([v[i] for i in rows] if isinstance(v, list) else v[rows]) for k, v in s.items()}
-
-
-def test_a_sensor_that_stands_out_is_sent_even_when_its_partition_is_read_far_behind_the_others() -> None:
-    # every sensor flagged at 5x its threshold under a notice; s0 has a fault of its own at 500x for 20 s
-    n, ts = 120, np.repeat(np.arange(120, dtype=float), 4)
-    sensors = [f"s{i}" for i in np.tile(np.arange(4), n)]
-    ratio = np.where((np.array(sensors) == "s0") & (ts >= 40) & (ts < 60), 500.0, 5.0)
-    s = {
+def ratio_stream(sensors: list[str], ts: np.ndarray, ratio: np.ndarray) -> dict:
+    """Windows of ``sensors`` at ``ts`` with error ``ratio`` times their threshold (1), flagged above it."""
+    return {
         "sensor_ids": sensors,
         "end_ts": ts,
         "anomaly": ratio > 1.0,
@@ -240,6 +233,17 @@ def test_a_sensor_that_stands_out_is_sent_even_when_its_partition_is_read_far_be
         "channel_error": np.column_stack([ratio, ratio / 2]),
         "offsets": np.arange(len(ts)),
     }
+
+
+def subset(s: dict, rows: np.ndarray) -> dict:
+    return {k: ([v[i] for i in rows] if isinstance(v, list) else v[rows]) for k, v in s.items()}
+
+
+def test_a_sensor_that_stands_out_is_sent_even_when_its_partition_is_read_far_behind_the_others() -> None:
+    # every sensor flagged at 5x its threshold under a notice; s0 has a fault of its own at 500x for 20 s
+    n, ts = 120, np.repeat(np.arange(120, dtype=float), 4)
+    sensors = [f"s{i}" for i in np.tile(np.arange(4), n)]
+    s = ratio_stream(sensors, ts, np.where((np.array(sensors) == "s0") & (ts >= 40) & (ts < 60), 500.0, 5.0))
     is_s0 = np.array(sensors) == "s0"
     in_time = [subset(s, np.arange(lo, min(lo + 200, len(ts)))) for lo in range(0, len(ts), 200)]  # in pace
     behind = [subset(s, np.flatnonzero(~is_s0)), subset(s, np.flatnonzero(is_s0))]  # s0's partition read last
@@ -323,16 +327,7 @@ def rising(n_sensors: int = 4, n: int = 60, spread: float = 0.05) -> dict[str, n
     """A fleet-wide rise: every sensor's error ratio climbs together, sensor i ``spread * i`` above s0."""
     ts = np.repeat(np.arange(n, dtype=float), n_sensors)
     sensor = np.tile(np.arange(n_sensors), n)
-    ratio = 0.3 + 0.02 * ts + spread * sensor
-    return {
-        "sensor_ids": [f"s{i}" for i in sensor],
-        "end_ts": ts,
-        "anomaly": ratio > 1.0,
-        "error": ratio,
-        "threshold": np.ones(len(ts)),
-        "channel_error": np.column_stack([ratio, ratio / 2]),
-        "offsets": np.arange(len(ts)),
-    }
+    return ratio_stream([f"s{i}" for i in sensor], ts, 0.3 + 0.02 * ts + spread * sensor)
 
 
 def test_a_fleet_wide_rise_opens_the_notice_at_the_first_alarm_not_the_third() -> None:

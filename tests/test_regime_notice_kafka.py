@@ -15,18 +15,15 @@ from test_alarms_kafka import alarm_events
 from test_serve_kafka import (
     CHANNELS,
     SMALL_BATCHES,
-    WINDOW,
     assert_exactly_once,
     make_topic,
+    publish_model,
     read_log,
     send,
     spawn_serve,
     write_config,
 )
 
-from models.detector import AnomalyDetector
-from models.registry import ModelRegistry
-from models.training import TrainingConfig
 from pipeline.config import load_config
 from pipeline.service import serve
 from pipeline.simulator import DriftSpec, FleetSpec, simulate_fleet
@@ -60,18 +57,7 @@ def drifting_fleet() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def drift_registry(tmp_path_factory: pytest.TempPathFactory, drifting_fleet: pd.DataFrame) -> Path:
     """A model trained on the fleet's first (pre-drift) operating point, published as the current version."""
-    segments = [g[CHANNELS].to_numpy()[: SPEC.normal_prefix_rows] for _, g in drifting_fleet.groupby("sensor_id")]
-    detector = AnomalyDetector.fit(
-        segments,
-        window=WINDOW,
-        hidden_size=32,
-        latent_size=4,
-        channels=tuple(CHANNELS),
-        training=TrainingConfig(epochs=25, batch_size=64, progress=False),
-    )
-    root = tmp_path_factory.mktemp("drift-registry")
-    ModelRegistry(root).publish(detector, promote=True)
-    return root
+    return publish_model(drifting_fleet, SPEC.normal_prefix_rows, tmp_path_factory.mktemp("drift-registry"))
 
 
 def notice_config(tmp_path: Path, bootstrap: str, topic: str, registry: Path, **sections: dict) -> Path:

@@ -46,10 +46,9 @@ def fleet() -> pd.DataFrame:
     return simulate_fleet(SPEC)
 
 
-@pytest.fixture(scope="module")
-def registry_dir(tmp_path_factory: pytest.TempPathFactory, fleet: pd.DataFrame) -> Path:
-    """A model trained on the normal prefix of every sensor, published as the current version."""
-    segments = [g[CHANNELS].to_numpy()[: SPEC.normal_prefix_rows] for _, g in fleet.groupby("sensor_id")]
+def publish_model(fleet: pd.DataFrame, normal_rows: int, root: Path) -> Path:
+    """A model trained on the first ``normal_rows`` of every sensor, published under ``root`` as current."""
+    segments = [g[CHANNELS].to_numpy()[:normal_rows] for _, g in fleet.groupby("sensor_id")]
     detector = AnomalyDetector.fit(
         segments,
         window=WINDOW,
@@ -58,9 +57,14 @@ def registry_dir(tmp_path_factory: pytest.TempPathFactory, fleet: pd.DataFrame) 
         channels=tuple(CHANNELS),
         training=TrainingConfig(epochs=25, batch_size=64, progress=False),
     )
-    root = tmp_path_factory.mktemp("registry")
     ModelRegistry(root).publish(detector, promote=True)
     return root
+
+
+@pytest.fixture(scope="module")
+def registry_dir(tmp_path_factory: pytest.TempPathFactory, fleet: pd.DataFrame) -> Path:
+    """A model trained on the normal prefix of every sensor, published as the current version."""
+    return publish_model(fleet, SPEC.normal_prefix_rows, tmp_path_factory.mktemp("registry"))
 
 
 def make_topic(bootstrap: str, partitions: int) -> str:
