@@ -364,8 +364,12 @@ def recalibrate_for_regime(
     known = current.regimes.regimes if current.regimes is not None else ()
     replay_levels, recent_levels = window_levels(scaled_replay), window_levels(scaled_recent)
     regimes = fit_regimes(known, replay_levels, recent_levels, min_windows=min_windows)
+    # the new regime is the one fitted on the recent windows (their centre is its own), never a known one:
+    # the regime most recent windows are assigned to can be a known one when only some of them moved
+    # (drift benchmark, abrupt/22: a drift before the real one gave the old regime 6x its threshold)
+    centre = recent_levels.mean(axis=0, keepdims=True)
+    fresh = int(np.argmin([r.mahalanobis(centre)[0] for r in regimes.regimes]))
     new = np.bincount(regimes.assign(recent_levels), minlength=len(regimes))
-    fresh = int(np.argmax(new))
     if len(regimes) <= max(len(known), 1) or new[fresh] < min_windows:
         return None, {"outcome": "skipped", "reason": "the recent windows lie in a regime the model knows"}
     recent_errors, replay_errors = _errors(current, scaled_recent), _errors(current, scaled_replay)

@@ -170,6 +170,23 @@ def test_first_stage_gives_the_new_operating_point_a_threshold_and_changes_nothi
     assert (errors > candidate.window_thresholds(scale(later))).mean() < 0.1
 
 
+def test_first_stage_never_moves_a_known_regimes_threshold_when_only_some_recent_windows_moved(
+    fleet, old_regime_detector
+) -> None:
+    replay = ReplayBuffer(5000, 20, len(CHANNELS))
+    replay.add(normal_windows(readings_of(fleet, 0, 600), CHANNELS, 20)[0])
+    same, _ = normal_windows(readings_of(fleet, 600, 800), CHANNELS, 20)  # still the known operating point
+    moved, _ = normal_windows(readings_of(fleet, 1000, 1600), CHANNELS, 20)  # the new one
+    recent = np.concatenate([same[:150], moved[:100]])  # most recent windows did not move (yet)
+    candidate, metrics = recalibrate_for_regime(old_regime_detector, recent, replay)
+    assert metrics["outcome"] == "promoted", metrics
+    assert candidate is not None
+    scale = candidate.scaler.transform_windows
+    old_thresholds = candidate.window_thresholds(scale(replay.windows))
+    assert np.median(old_thresholds) == pytest.approx(old_regime_detector.threshold.value), "the known regime moved"
+    assert np.median(candidate.window_thresholds(scale(moved))) > old_regime_detector.threshold.value
+
+
 def test_first_stage_is_skipped_where_the_model_knows_the_regime(fleet, old_regime_detector) -> None:
     replay = ReplayBuffer(5000, 20, len(CHANNELS))
     replay.add(normal_windows(readings_of(fleet, 0, 600), CHANNELS, 20)[0])
