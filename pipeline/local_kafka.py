@@ -168,6 +168,9 @@ def broker_properties(work_dir: Path, host: str, port: int, controller_port: int
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",
             "log.segment.bytes=67108864",
+            # the log cleaner allocates this at startup (default 128 MB): in a 256 MB heap it ran out of memory
+            # now and then (CI, test_local_kafka); a test broker compacts only __consumer_offsets
+            "log.cleaner.dedupe.buffer.size=16777216",
             "",
         ]
     )
