@@ -37,7 +37,7 @@ from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
 from models.preprocessing import StandardScaler, components_for_variance, finite_windows, window_end_rows
 from models.regimes import Regimes, window_levels
 from models.scoring import WindowScores, reconstruction_errors
-from models.threshold import AlarmFilter, QuantileRule, Threshold, ThresholdRule
+from models.threshold import AlarmFilter, QuantileRule, Threshold, ThresholdRule, short_stretch_margin
 from models.training import TrainingResult, resolve_device, train_autoencoder
 from models.training_config import TrainingConfig
 
@@ -288,15 +288,16 @@ class AnomalyDetector:
             calibration_errors = crossfit_errors(segment_windows, config, training, epochs, calibration_folds)
         else:
             calibration_errors = reconstruction_errors(model, cal).error
+        lengths = [len(segment) for segment in segments]
+        short = short_stretch_margin(lengths, full_stretch_readings)
         threshold = rule.fit(calibration_errors).with_margin(threshold_margin)
-        readings_per_segment = float(np.mean([len(segment) for segment in segments]))
-        detector.threshold = threshold.widened_for_short_stretch(readings_per_segment, full_stretch_readings)
-        if detector.threshold is not threshold:
+        detector.threshold = threshold.with_margin(short, param="short_stretch_margin")
+        if short > 1.0:
             log.warning(
                 "only %d normal readings per segment: the threshold is widened %.2fx for the variation a short "
                 "stretch does not hold (none from %d readings on; model.full_stretch_readings)",
-                readings_per_segment,
-                detector.threshold.params["short_stretch_margin"],
+                np.mean(lengths),
+                short,
                 full_stretch_readings,
             )
         detector.calibration_errors = calibration_errors  # kept in memory (benchmarks), not in checkpoints

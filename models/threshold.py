@@ -40,24 +40,15 @@ class Threshold:
     params: dict[str, Any] = field(default_factory=dict)
     calibration_size: int = 0
 
-    def with_margin(self, margin: float) -> Threshold:
-        """The same threshold multiplied by a safety ``margin`` (recorded in the params)."""
+    def with_margin(self, margin: float, param: str = "margin") -> Threshold:
+        """The same threshold multiplied by a safety ``margin``, recorded in the params as ``param``
+        (``"short_stretch_margin"`` for :func:`short_stretch_margin`'s, kept apart from the user's margin,
+        which retraining carries)."""
         if margin <= 0:
             raise ValueError(f"threshold margin must be positive, got {margin}")
         if margin == 1.0:
             return self
-        return Threshold(self.value * margin, self.rule, {**self.params, "margin": margin}, self.calibration_size)
-
-    def widened_for_short_stretch(self, readings_per_segment: float, full_readings: int) -> Threshold:
-        """The same threshold times :func:`short_stretch_margin` (recorded as ``short_stretch_margin``).
-
-        Kept apart from :meth:`with_margin`'s user margin: retraining carries the user's margin, not this one.
-        """
-        factor = short_stretch_margin(readings_per_segment, full_readings)
-        if factor == 1.0:
-            return self
-        params = {**self.params, "short_stretch_margin": factor}
-        return Threshold(self.value * factor, self.rule, params, self.calibration_size)
+        return Threshold(self.value * margin, self.rule, {**self.params, param: margin}, self.calibration_size)
 
     def exceeded(self, errors: np.ndarray) -> np.ndarray:
         return np.asarray(errors) > self.value
@@ -73,23 +64,24 @@ class Threshold:
         return cls(value, str(values["rule"]), dict(values.get("params", {})), int(values.get("calibration_size", 0)))
 
 
-def short_stretch_margin(readings_per_segment: float, full_readings: int) -> float:
+def short_stretch_margin(segment_lengths: Sequence[int], full_readings: int) -> float:
     """How much a threshold calibrated on a short stretch of normal data is widened: ``sqrt(full / n)``, at least 1.
 
     A stretch of few readings holds little of the normal variation to come (a shift, a load cycle,
     another run), and an upper quantile of its errors promises a false-alarm rate it cannot keep; the
     margin falls as 1 / sqrt(readings), as a standard error does, and vanishes at ``full_readings``
-    (0: never widen). ``n`` is the mean length of the training segments in readings. Chosen on tuning data
-    only (README: tuning procedure).
+    (0: never widen). ``n`` is the mean of ``segment_lengths``, the training segments' lengths in readings.
+    Chosen on tuning data only (README: tuning procedure).
 
-    >>> short_stretch_margin(400, 1000), short_stretch_margin(1000, 1000), short_stretch_margin(5000, 1000)
+    >>> short_stretch_margin([400], 1000), short_stretch_margin([900, 1100], 1000), short_stretch_margin([5000], 1000)
     (1.5811388300841898, 1.0, 1.0)
-    >>> short_stretch_margin(400, 0)
+    >>> short_stretch_margin([400], 0)
     1.0
     """
-    if full_readings <= 0 or readings_per_segment >= full_readings:
+    n = float(np.mean(segment_lengths))
+    if full_readings <= 0 or n >= full_readings:
         return 1.0
-    return float(np.sqrt(full_readings / max(readings_per_segment, 1.0)))
+    return float(np.sqrt(full_readings / max(n, 1.0)))
 
 
 @runtime_checkable

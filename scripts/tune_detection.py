@@ -73,10 +73,9 @@ def stretch_grid(variants: dict[str, DetectorSettings]) -> None:
             detector = settings.with_overrides(full_stretch_readings=0).fit(fit)
             assert detector.threshold is not None
             errors = np.concatenate([detector.predict(o).error for o in observe])
-            readings_per_segment = float(np.mean([len(f) for f in fit]))
-            fitted.append((readings_per_segment, detector.threshold.value, errors[np.isfinite(errors)]))
+            fitted.append(([len(f) for f in fit], detector.threshold.value, errors[np.isfinite(errors)]))
         for full in STRETCH_GRID:
-            rates = [float((e > value * short_stretch_margin(n, full)).mean()) for n, value, e in fitted]
+            rates = [float((e > value * short_stretch_margin(lengths, full)).mean()) for lengths, value, e in fitted]
             criterion = np.mean([log_ratio(rate, settings.target_far) for rate in rates])
             cells = " ".join(f"{r:.2%}" for r in rates)
             print(name, f"full_stretch_readings {full}: {criterion:.3f}", cells, flush=True)
