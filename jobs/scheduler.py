@@ -3,8 +3,11 @@
 Policies:
 
 - **One at a time, across processes.** Every run takes an exclusive ``flock`` on
-  ``<data_dir>/retrain.lock`` without waiting; a run that finds it held is skipped and logged. The OS
-  drops the lock when its holder dies, so a crashed run never blocks the next one (no stale lock).
+  ``<data_dir>/retrain.lock`` and writes who holds it (pid, start, trigger) into it; a run that finds it
+  held is skipped and logged with the holder. The OS drops the lock when its holder dies, so a crashed
+  run never blocks the next one (no stale lock). The one wait: a drift run that finds its own first
+  stage still holding the lock waits for it (up to ``FIRST_STAGE_WAIT_S``; a first stage takes seconds)
+  instead of being dropped, which left the fleet on the old weights until the next drift.
 - **Missed runs** (scheduler down or busy past the time) are coalesced: at most one catch-up run, and
   only within ``misfire_grace_time`` (half the interval); older misses are dropped.
 - **Drift trigger** (:class:`jobs.drift_policy.DriftRetrainPolicy`, shared with the demo and the
@@ -25,9 +28,11 @@ Policies:
 >>> import tempfile
 >>> from pathlib import Path
 >>> lock = RetrainLock(Path(tempfile.mkdtemp()) / "retrain.lock")
->>> with lock.hold() as first, RetrainLock(lock.path).hold() as second:
-...     first, second
-(True, False)
+>>> with lock.hold("schedule") as first, RetrainLock(lock.path).hold() as second:
+...     first, second, lock.holder().split()[-1]
+(True, False, 'schedule')
+>>> lock.holder() is None
+True
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -56,6 +62,8 @@ log = logging.getLogger(__name__)
 SCHEDULED_JOB = "retrain-scheduled"
 DRIFT_JOB = "retrain-on-drift"
 FIRST_STAGE_JOB = "recalibrate-on-drift"
+FIRST_STAGE_TRIGGER = "drift, first stage"  # how a first stage's trigger (and so its lock entry) begins
+FIRST_STAGE_WAIT_S = 120.0  # longest a drift run waits for its first stage to let go of the lock
 
 
 class RetrainLock:
@@ -72,19 +80,41 @@ class RetrainLock:
         with self.hold() as acquired:
             return not acquired
 
-    @contextmanager
-    def hold(self) -> Iterator[bool]:
-        """Yield True if this process now holds the lock, False if another does (never blocks)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def holder(self) -> str | None:
+        """What the holder wrote ("pid start trigger"), or None when nobody holds the lock."""
+        if not self.path.exists():
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                yield False
-                return
+                return os.read(fd, 4096).decode(errors="replace").strip() or "(unknown holder)"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def hold(self, trigger: str = "", wait_s: float = 0.0) -> Iterator[bool]:
+        """Yield True if this process now holds the lock, False if another does after ``wait_s`` seconds
+        (default: never blocks). ``trigger`` is recorded for :meth:`holder`."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.1)
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {datetime.now(UTC).isoformat(timespec='seconds')}\n".encode())
+            started = datetime.now(UTC).isoformat(timespec="seconds")
+            os.write(fd, f"{os.getpid()} {started} {trigger}".rstrip().encode() + b"\n")
             try:
                 yield True
             finally:
@@ -94,12 +124,19 @@ class RetrainLock:
 
 
 def run_exclusive(
-    config: DriftlineConfig, trigger: str, job: Callable[..., RetrainDecision] = retrain_once, **options: Any
+    config: DriftlineConfig,
+    trigger: str,
+    job: Callable[..., RetrainDecision] = retrain_once,
+    *,
+    wait_s: float = 0.0,
+    **options: Any,
 ) -> RetrainDecision | None:
-    """Run the job (with ``options``) unless another run holds the lock; return its decision or None if skipped."""
-    with RetrainLock(config.data_dir / "retrain.lock").hold() as acquired:
+    """Run the job (with ``options``) unless another run holds the lock (after ``wait_s`` seconds);
+    return its decision or None if skipped."""
+    lock = RetrainLock(config.data_dir / "retrain.lock")
+    with lock.hold(trigger, wait_s=wait_s) as acquired:
         if not acquired:
-            log.info("retraining (%s) skipped: another run holds %s", trigger, config.data_dir / "retrain.lock")
+            log.info("retraining (%s) skipped: %s holds %s", trigger, lock.holder() or "another run", lock.path)
             return None
         try:
             return job(config, trigger=trigger, **options)
@@ -142,7 +179,11 @@ def _run_on_drift(
     """The drift-triggered run; ``first_event_at`` (its first event) bounds how far later events delay it."""
     if scheduler is not None and scheduler.get_job(FIRST_STAGE_JOB) is not None:
         scheduler.remove_job(FIRST_STAGE_JOB)  # the fine-tune supersedes its first stage
-    return run_exclusive(config, trigger, job)
+    # a first stage already running finishes first (seconds); skipping the fine-tune behind it would
+    # leave the fleet on the old weights until another drift (the demo's CI failure, 2026-12-02)
+    holder = RetrainLock(config.data_dir / "retrain.lock").holder()
+    behind_first_stage = holder is not None and FIRST_STAGE_TRIGGER in holder
+    return run_exclusive(config, trigger, job, wait_s=FIRST_STAGE_WAIT_S if behind_first_stage else 0.0)
 
 
 def _first_stage(
@@ -206,7 +247,7 @@ def request_drift_run(
             _first_stage,
             "interval",
             seconds=first_stage_s,
-            args=[scheduler, config, f"drift, first stage: {reason}", job, since_s],
+            args=[scheduler, config, f"{FIRST_STAGE_TRIGGER}: {reason}", job, since_s],
             id=FIRST_STAGE_JOB,
             replace_existing=True,
             max_instances=1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -292,6 +293,39 @@ def test_a_drift_run_is_preceded_by_its_first_stage_on_the_readings_since_the_ev
         scheduler.shutdown(wait=True)
     first_stage = ("drift, first stage: adwin on the fleet", {"stage": "recalibrate", "since_s": 1_767_225_600.0})
     assert runs == [first_stage, first_stage]  # skipped once, tried again, promoted
+
+
+def test_a_drift_run_that_fires_while_its_first_stage_runs_waits_for_it(tmp_path: Path) -> None:
+    # CI, 2026-12-02: the fine-tune fired while a first stage held the lock, was skipped, and the demo's
+    # fleet kept its old weights; it must run once the first stage lets go
+    overrides = [f"data_dir={tmp_path}", "retrain.debounce_s=0.6", "retrain.first_stage_after_s=0.2"]
+    config = load_config(overrides=overrides)
+    runs = []
+
+    def job(_config, trigger, **stage):
+        runs.append((trigger, stage.get("stage", "fine_tune")))
+        if stage:
+            time.sleep(1.0)  # a first stage still running when the fine-tune is due
+        return RetrainDecision("t", trigger, "skipped", "test", "v000001", None, 0, 0)
+
+    scheduler = build_scheduler(config, job)
+    scheduler.start()
+    try:
+        assert request_drift_run(scheduler, config, "adwin on the fleet", job, event_ts=1_767_225_600.0)
+        time.sleep(2.5)
+    finally:
+        scheduler.shutdown(wait=True)
+    assert [stage for _, stage in runs] == ["recalibrate", "fine_tune"], runs
+
+
+def test_a_run_skipped_on_the_lock_names_its_holder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = load_config(overrides=[f"data_dir={tmp_path}"])
+    lock = RetrainLock(config.data_dir / "retrain.lock")
+    with lock.hold("schedule"), caplog.at_level("INFO", logger="jobs.scheduler"):
+        assert run_exclusive(config, "drift: adwin", lambda *_a, **_k: None) is None
+    assert f"{os.getpid()} " in caplog.text
+    assert " schedule holds " in caplog.text
+    assert lock.holder() is None
 
 
 def test_drift_events_delay_a_pending_run_but_only_up_to_a_bound(tmp_path: Path) -> None:
