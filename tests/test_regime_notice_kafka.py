@@ -71,12 +71,13 @@ def sent_alarm_opens(events: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(opens, columns=["alarm_id", "sensor_id", "opened_at", "at", "suspected_regime_change"])
 
 
+@pytest.mark.parametrize("client", ["kafka-python", "librdkafka"])
 def test_a_fleet_wide_drift_is_one_notice_and_a_single_sensors_fault_inside_it_is_still_sent(
-    kafka_broker, drift_registry, drifting_fleet, tmp_path
+    kafka_broker, drift_registry, drifting_fleet, tmp_path, client
 ) -> None:
     topic = make_topic(kafka_broker.bootstrap_servers, partitions=3)
     config = load_config(notice_config(tmp_path, kafka_broker.bootstrap_servers, topic, drift_registry))
-    send(kafka_broker.bootstrap_servers, topic, drifting_fleet)
+    send(kafka_broker.bootstrap_servers, topic, drifting_fleet, client=client)
     serve(config, idle_timeout_s=5)
 
     events = alarm_events(kafka_broker.bootstrap_servers, f"{topic}-alerts")

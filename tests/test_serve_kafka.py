@@ -22,7 +22,8 @@ from models.grouping import anomaly_episodes
 from models.registry import ModelRegistry
 from models.training import TrainingConfig
 from pipeline.config import load_config
-from pipeline.producer import create_topic, produce
+from pipeline.messages import encode_readings
+from pipeline.producer import batch_messages, create_topic, produce
 from pipeline.service import serve
 from pipeline.simulator import FleetSpec, simulate_fleet
 
@@ -123,10 +124,21 @@ def assert_exactly_once(log: pd.DataFrame, frame: pd.DataFrame) -> None:
 SMALL_BATCHES = {"kafka": {"max_poll_records": 50}, "sinks": {"roll_rows": 100, "roll_seconds": 0.2}}
 
 
-def send(bootstrap: str, topic: str, frame: pd.DataFrame, per_message: int = 1) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
-    produce(producer, topic, frame, CHANNELS, readings_per_message=per_message, progress=False)
-    producer.close()
+def send(bootstrap: str, topic: str, frame: pd.DataFrame, per_message: int = 1, client: str = "kafka-python") -> None:
+    """Produce ``frame`` keyed by sensor with our producer, or with ``client="librdkafka"`` (confluent-kafka,
+    zstd-compressed batches): a client nobody here wrote."""
+    if client == "librdkafka":
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": bootstrap, "compression.type": "zstd", "linger.ms": 10})
+        for key, readings in batch_messages(frame, CHANNELS, readings_per_message=per_message):
+            producer.produce(topic, key=key, value=encode_readings(readings))
+            producer.poll(0)
+        assert producer.flush(30) == 0, "librdkafka: messages left unsent"
+        return
+    kafka_python = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
+    produce(kafka_python, topic, frame, CHANNELS, readings_per_message=per_message, progress=False)
+    kafka_python.close()
 
 
 def wait_for_parts(data_dir: Path, parts: int, process: subprocess.Popen[str], timeout_s: float = 120) -> None:
