@@ -90,6 +90,21 @@ class DriftEvent:
         return asdict(self)
 
 
+@dataclass(slots=True)
+class _Stream:
+    """One error stream's detector and what the monitor keeps beside it (one lookup per error)."""
+
+    detector: DriftDetector
+    mean: float  # running mean over about LEVEL_SPAN errors (an event's recent_mean_error)
+    count: int = 0
+    # ADWIN's window, mirrored: its sum and size grow by one error per update and change otherwise only
+    # when it detects (it drops its older part, and River starts it afresh on the next update), so the
+    # mean before an update needs no call into it
+    window_total: float = 0.0
+    window_width: int = 0
+    restarts: bool = False  # the last update detected: the next one starts ADWIN's window afresh
+
+
 class DriftMonitor:
     """One detector per sensor plus one on the fleet-wide error stream."""
 
@@ -109,40 +124,43 @@ class DriftMonitor:
         self.fleet = fleet
         self.fleet_max_age_s = fleet_max_age_s
         self._prototype = make_detector(detector)
-        self._detectors: dict[str, DriftDetector] = {}
-        self._counts: dict[str, int] = {}
-        self._means: dict[str, float] = {}
+        self._mirrored = isinstance(self._prototype, drift.ADWIN)
+        self._streams: dict[str, _Stream] = {}
         self._latest: dict[str, tuple[float, float]] = {}  # sensor -> (ts, error), for the fleet median
         self._since_fleet = 0
 
     def reset(self, model_version: str) -> None:
         """Forget all history (a new model makes a new error stream)."""
         self.model_version = model_version
-        self._detectors.clear()
-        self._counts.clear()
-        self._means.clear()
+        self._streams.clear()
         self._latest.clear()
         self._since_fleet = 0
 
     def forget(self, sensor_ids: Sequence[str]) -> None:
         """Drop the detectors of sensors gone idle (the window assembler evicted them)."""
         for sensor_id in sensor_ids:
-            self._detectors.pop(sensor_id, None)
-            self._counts.pop(sensor_id, None)
-            self._means.pop(sensor_id, None)
+            self._streams.pop(sensor_id, None)
             self._latest.pop(sensor_id, None)
 
     def _observe(self, key: str, error: float) -> bool:
-        detector = self._detectors.get(key)
-        if detector is None:
-            detector = self._detectors[key] = self._prototype.clone()
-        before = _kept_mean(detector) if self.rising_only else None
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream(self._prototype.clone(), error)
+        detector = stream.detector
+        before = _kept_mean(detector) if self.rising_only and not self._mirrored else None
         detector.update(error)
-        count = self._counts[key] = self._counts.get(key, 0) + 1
-        mean = self._means.get(key, error)
-        self._means[key] = mean + (error - mean) / min(count, LEVEL_SPAN)
+        stream.count += 1
+        stream.mean += (error - stream.mean) / min(stream.count, LEVEL_SPAN)
+        total, width = stream.window_total, stream.window_width
+        if stream.restarts:
+            stream.window_total, stream.window_width, stream.restarts = error, 1, False
+        else:
+            stream.window_total, stream.window_width = total + error, width + 1
         if not detector.drift_detected:
             return False
+        if isinstance(detector, drift.ADWIN):  # self._mirrored
+            before = total / width if width else 0.0  # ADWIN's estimation before this error
+            stream.window_total, stream.window_width, stream.restarts = detector.total, detector.width, True
         after = _kept_mean(detector)
         return not self.rising_only or before is None or after is None or after > before
 
@@ -196,7 +214,5 @@ class DriftMonitor:
         )
 
     def _event(self, scope: Literal["sensor", "fleet"], sensor_id: str | None, ts: float) -> DriftEvent:
-        key = sensor_id if sensor_id is not None else FLEET
-        return DriftEvent(
-            scope, sensor_id, ts, self.detector_name, self.model_version, self._counts[key], self._means[key]
-        )
+        stream = self._streams[sensor_id if sensor_id is not None else FLEET]
+        return DriftEvent(scope, sensor_id, ts, self.detector_name, self.model_version, stream.count, stream.mean)

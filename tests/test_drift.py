@@ -53,7 +53,7 @@ def test_forgotten_sensors_leave_the_monitor() -> None:
         monitor.update("a", float(i), 0.1)
         monitor.update("b", float(i), 0.1)
     monitor.forget(["a"])
-    assert set(monitor._detectors) == {"b", "__fleet__"}
+    assert set(monitor._streams) == {"b", "__fleet__"}
     assert set(monitor._latest) == {"b"}
 
 
@@ -73,3 +73,24 @@ def test_only_a_drift_the_alarms_feel_is_material() -> None:
     assert monitor.is_material(quiet, threshold, fleet_alarmed=True).material  # most sensors alarmed: it is
     (loud, *_) = [e for e in stream(DriftMonitor("adwin"), large) if e.scope == "fleet"]
     assert DriftMonitor("adwin").is_material(loud, threshold).material
+
+
+def test_the_rising_check_matches_adwins_own_mean_before_each_error() -> None:
+    """The monitor mirrors ADWIN's window instead of asking it for its mean before every error; across
+    rises, falls and River's restart after each detection the events are those of asking it."""
+    from river import drift
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    level = np.repeat([1.0, 2.0, 0.8, 2.4], n // 4)  # rise, fall, rise
+    errors = (rng.gamma(2.0, 0.05, n) * level).tolist()
+    asked, detector = [], drift.ADWIN(delta=0.002)
+    for i, error in enumerate(errors):
+        before = detector.estimation
+        detector.update(error)
+        if detector.drift_detected and detector.estimation > before:
+            asked.append(i)
+    monitor = DriftMonitor("adwin", fleet=False)
+    found = monitor.update_many(["s"] * n, np.arange(float(n)), np.array(errors))
+    assert len(asked) >= 2  # the stream has rises to find (and falls to ignore)
+    assert [i for i, _ in found] == asked
