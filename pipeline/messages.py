@@ -445,42 +445,30 @@ class BatchDecoder:
         rows: list[Sequence[object]] = []
         slow: list[int] = []
         for index, (raw, key) in enumerate(messages):
-            if type(raw) is bytes and len(raw) <= max_bytes:
-                try:  # typed in C: a plain message's numbers arrive as floats, anything else raises
+            try:
+                row: Sequence[object]
+                if type(raw) is bytes and len(raw) <= max_bytes:  # typed in C: numbers arrive as floats
                     message = plain(raw)
                     if message.readings is not unset or message.schema != 1:
                         raise ValueError
                     sensor = message.sensor_id if message.sensor_id is not unset else key.decode() if key else None
-                    ts = message.ts
-                    if sensor not in known or not low <= ts <= high:
+                    ts, row = message.ts, astuple(message.values)
+                else:  # a file source's reading, or bytes the plain decoder is not given
+                    if isinstance(raw, dict):
+                        payload = raw
+                    elif raw is None or len(raw) > max_bytes:
                         raise ValueError
-                except Exception:  # anything unusual: decode_message decides, and says why
-                    slow.append(index)
-                    continue
-                message_index.append(index)
-                sensors.append(sensor)
-                stamps.append(ts)
-                rows.append(astuple(message.values))
-                continue
-            try:
-                if isinstance(raw, dict):  # a file source's reading
-                    payload = raw
-                elif raw is None or len(raw) > self.max_bytes:
-                    raise ValueError
-                else:
-                    payload = orjson.loads(raw)
-                if type(payload) is not dict or "readings" in payload or payload.get("schema", SCHEMA_VERSION) != 1:
-                    raise ValueError
-                sensor = payload["sensor_id"] if "sensor_id" in payload else key.decode() if key else None
-                ts = payload["ts"]
-                if type(ts) is int or type(ts) is float:
-                    if not low <= ts <= high:
+                    else:
+                        payload = orjson.loads(raw)
+                    if type(payload) is not dict or "readings" in payload or payload.get("schema", SCHEMA_VERSION) != 1:
                         raise ValueError
-                else:
-                    raise ValueError
-                values = payload["values"]
-                row = [values[channel] for channel in channels]
-                if sensor not in known or not _NUMBER_TYPES.issuperset(map(type, row)):
+                    sensor = payload["sensor_id"] if "sensor_id" in payload else key.decode() if key else None
+                    ts = payload["ts"]
+                    values = payload["values"]
+                    row = [values[channel] for channel in channels]
+                    if type(ts) not in _NUMBER_TYPES or not _NUMBER_TYPES.issuperset(map(type, row)):
+                        raise ValueError
+                if sensor not in known or not low <= ts <= high:
                     raise ValueError
             except Exception:  # anything unusual: decode_message decides, and says why
                 slow.append(index)
