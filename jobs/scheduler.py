@@ -73,12 +73,11 @@ class RetrainLock:
     def held(self) -> bool:
         """True while a run (in this process or another) holds the lock.
 
-        The probe takes the lock for an instant: a run starting in that instant is skipped as if another
-        held it, and the probe answers False, so a caller that schedules a run when it is not held (as
-        :func:`request_drift_run` does) only delays it.
+        The probe (:meth:`holder`) takes a shared lock for an instant: a run starting in that instant is
+        skipped as if another held it, and the probe answers False, so a caller that schedules a run when
+        it is not held (as :func:`request_drift_run` does) only delays it.
         """
-        with self.hold() as acquired:
-            return not acquired
+        return self.holder() is not None
 
     def holder(self) -> str | None:
         """What the holder wrote ("pid start trigger"), or None when nobody holds the lock."""

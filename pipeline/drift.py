@@ -147,19 +147,21 @@ class DriftMonitor:
         if stream is None:
             stream = self._streams[key] = _Stream(self._prototype.clone(), error)
         detector = stream.detector
-        before = _kept_mean(detector) if self.rising_only and not self._mirrored else None
+        if self._mirrored:  # ADWIN's estimation before this error, from the mirror of its window
+            total, width = stream.window_total, stream.window_width
+            before: float | None = total / width if width else 0.0
+            if stream.restarts:
+                stream.window_total, stream.window_width, stream.restarts = error, 1, False
+            else:
+                stream.window_total, stream.window_width = total + error, width + 1
+        else:
+            before = _kept_mean(detector) if self.rising_only else None
         detector.update(error)
         stream.count += 1
         stream.mean += (error - stream.mean) / min(stream.count, LEVEL_SPAN)
-        total, width = stream.window_total, stream.window_width
-        if stream.restarts:
-            stream.window_total, stream.window_width, stream.restarts = error, 1, False
-        else:
-            stream.window_total, stream.window_width = total + error, width + 1
         if not detector.drift_detected:
             return False
-        if isinstance(detector, drift.ADWIN):  # self._mirrored
-            before = total / width if width else 0.0  # ADWIN's estimation before this error
+        if isinstance(detector, drift.ADWIN):  # the mirrored kind (narrowed for the type checker)
             stream.window_total, stream.window_width, stream.restarts = detector.total, detector.width, True
         after = _kept_mean(detector)
         return not self.rising_only or before is None or after is None or after > before
