@@ -15,9 +15,9 @@ import numpy as np
 def runs_by_key(keys: Sequence[str]) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
     """The distinct keys in the order they first appear, each row's index into them, and per key the
     indices of its rows in arrival order (one array per key, in the order of the first list)."""
-    index: dict[str, int] = {}
-    codes = np.fromiter((index.setdefault(key, len(index)) for key in keys), dtype=np.int64, count=len(keys))
-    names = list(index)
+    names = list(dict.fromkeys(keys))  # first-appearance order, in C
+    index = {key: i for i, key in enumerate(names)}
+    codes = np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=len(keys))  # no Python frame per row
     if len(names) <= 1:
         return names, codes, [np.arange(len(keys))] if names else []
     order = np.argsort(codes, kind="stable")

@@ -366,7 +366,7 @@ class AlarmTracker:
         if self._regime is not None:
             standout_level, level = self._update_levels(sensor_ids, ratio)
         watched = set(self._open).union(sensor_ids[i] for i in np.flatnonzero(flagged).tolist())  # open, or opening now
-        rows = np.flatnonzero(np.fromiter((s in watched for s in sensor_ids), bool, len(sensor_ids)))
+        rows = np.flatnonzero(np.fromiter(map(watched.__contains__, sensor_ids), bool, len(sensor_ids)))
         for i in rows.tolist():
             sensor, ts = sensor_ids[i], float(end_ts[i])
             episode = self._open.get(sensor)
