@@ -18,6 +18,7 @@ threshold on held-out windows; :meth:`~AnomalyDetector.score` returns window err
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from models.defaults import (
     DEFAULT_FULL_STRETCH_READINGS,
     DEFAULT_HIDDEN_SIZE,
     DEFAULT_LATENT_SIZE,
+    DEFAULT_SCORE_CHANNEL_SHARE,
     DEFAULT_SCORE_STEPS,
     DEFAULT_WINDOW,
 )
@@ -221,6 +223,7 @@ class AnomalyDetector:
         latent_variance_share: float | None = None,
         dropout: float = 0.0,
         score_steps: int | None = DEFAULT_SCORE_STEPS,
+        score_channel_share: float | None = DEFAULT_SCORE_CHANNEL_SHARE,
         training: TrainingConfig = TrainingConfig(),
         rule: ThresholdRule = QuantileRule(0.99),
         threshold_margin: float = 1.0,
@@ -247,7 +250,9 @@ class AnomalyDetector:
         ``relative_channels`` (names from ``channels`` or indices) enter the model relative to each
         window's mean (see :mod:`models.preprocessing`): for slow channels such as temperatures.
         ``"auto"`` picks them from the data: :func:`wandering_channels`. A window is scored by the
-        reconstruction error of its last ``score_steps`` readings (None: all; see :mod:`models.scoring`).
+        reconstruction error of its last ``score_steps`` readings (None: all; see :mod:`models.scoring`),
+        averaged over its largest channel errors, ``score_channel_share`` of the channels rounded up
+        (None: every channel).
         ``bottleneck`` is the network's (``"window"`` or ``"step"``, see :mod:`models.lstm_ae`); with
         ``latent_variance_share`` the latent size is instead the number of principal components of the
         scaled training readings that explain that share of their variance
@@ -275,8 +280,9 @@ class AnomalyDetector:
             log.info("latent size %d: components for %.0f%% of the variance", latent_size, 100 * latent_variance_share)
         if bottleneck == "step" and n_channels < 2:
             raise ValueError("a per-step bottleneck needs at least 2 channels (model.bottleneck = 'window' for one)")
+        score_channels = None if score_channel_share is None else max(1, math.ceil(score_channel_share * n_channels))
         config = LSTMAEConfig(
-            n_channels, window, hidden_size, num_layers, latent_size, dropout, steps, bottleneck=bottleneck
+            n_channels, window, hidden_size, num_layers, latent_size, dropout, steps, bottleneck, score_channels
         )
         torch.manual_seed(training.seed)  # the initial weights too, not only the batch order
         model = LSTMAutoencoder(config)

@@ -53,6 +53,9 @@ class LSTMAEConfig:
     # "window": one latent vector per window; "step": one per reading (checkpoints written before this
     # field have "window")
     bottleneck: str = "window"
+    # channels whose errors score a window: the mean over its score_channels largest channel errors
+    # (None: every channel, as checkpoints written before this field)
+    score_channels: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_channels", "window", "hidden_size", "num_layers", "latent_size"):
@@ -60,6 +63,10 @@ class LSTMAEConfig:
                 raise ValueError(f"LSTMAEConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.score_steps is not None and not 1 <= self.score_steps <= self.window:
             raise ValueError(f"LSTMAEConfig.score_steps must be in [1, window={self.window}], got {self.score_steps}")
+        if self.score_channels is not None and not 1 <= self.score_channels <= self.n_channels:
+            raise ValueError(
+                f"LSTMAEConfig.score_channels must be in [1, n_channels={self.n_channels}], got {self.score_channels}"
+            )
         if self.bottleneck not in BOTTLENECKS:
             raise ValueError(f"LSTMAEConfig.bottleneck must be one of {BOTTLENECKS}, got {self.bottleneck!r}")
         if self.bottleneck == "step" and self.latent_size >= self.n_channels:

@@ -1,9 +1,10 @@
 """Batched reconstruction-error scoring with per-channel contributions.
 
-The error of a window is the mean squared reconstruction error over its last ``score_steps`` steps
-(the model config's; all steps when unset) and its channels; the per-channel error is the same mean
-taken per channel, so ``channel_error.mean(axis=1) == error`` and an operator can see which sensor
-drives an anomaly.
+The per-channel error of a window is the mean squared reconstruction error over its last
+``score_steps`` steps (the model config's; all steps when unset), so an operator can see which channel
+drives an anomaly. The window's error is the mean of those channel errors: over every channel, or with
+the config's ``score_channels`` over that many largest (:func:`window_error`), so that a fault on a few
+channels is not averaged away by the quiet rest.
 
 Why the last steps and not the whole window: a mean over ``window x channels`` squared residuals has
 a very narrow spread, so any change of normal operation's noise level after training (another run,
@@ -60,4 +61,18 @@ def reconstruction_errors(
             squared = (model(batch) - batch).pow(2)  # [batch, window, channels]
             parts.append(squared[:, -steps:].mean(dim=1).float().cpu().numpy())  # [batch, channels]
     channel_error = np.concatenate(parts)
-    return WindowScores(channel_error.mean(axis=1), channel_error)
+    return WindowScores(window_error(channel_error, model.config.score_channels), channel_error)
+
+
+def window_error(channel_error: np.ndarray, score_channels: int | None = None) -> np.ndarray:
+    """Each window's error ``[n]`` from its per-channel errors ``[n, channels]``: their mean, or with
+    ``score_channels`` the mean of that many largest.
+
+    >>> window_error(np.array([[1.0, 2.0, 6.0]])).tolist(), window_error(np.array([[1.0, 2.0, 6.0]]), 2).tolist()
+    ([3.0], [4.0])
+    """
+    channels = channel_error.shape[1] if channel_error.ndim == 2 else 0
+    if score_channels is None or score_channels >= channels:
+        return np.asarray(channel_error.mean(axis=1))
+    largest = np.partition(channel_error, channels - score_channels, axis=1)[:, channels - score_channels :]
+    return np.asarray(largest.mean(axis=1))

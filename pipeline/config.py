@@ -32,6 +32,7 @@ from models.defaults import (
     DEFAULT_FULL_STRETCH_READINGS,
     DEFAULT_HIDDEN_SIZE,
     DEFAULT_LATENT_SIZE,
+    DEFAULT_SCORE_CHANNEL_SHARE,
     DEFAULT_SCORE_STEPS,
     DEFAULT_WINDOW,
 )
@@ -137,6 +138,13 @@ class ModelSettings(_Section):
         ge=1,
         description="A window is scored by the reconstruction error of its last score_steps readings.",
     )
+    score_channel_share: float | None = Field(
+        DEFAULT_SCORE_CHANNEL_SHARE,
+        gt=0.0,
+        le=1.0,
+        description="If set, a window's error is the mean over its largest channel errors, this share of the "
+        "channels (rounded up); null: over every channel.",
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     threshold_rule: Literal["quantile", "mean_std", "pot", "target_far"] = "target_far"
     threshold_params: dict[str, float] = Field(default_factory=lambda: {"q": 0.99})
@@ -197,6 +205,7 @@ class ModelSettings(_Section):
             "latent_variance_share": self.latent_variance_share,
             "num_layers": self.num_layers,
             "score_steps": self.score_steps,
+            "score_channel_share": self.score_channel_share,
             "dropout": self.dropout,
             "rule": make_rule(rule, **rule_params),
             "threshold_margin": self.threshold_margin,

@@ -233,3 +233,30 @@ def test_relative_channels_must_name_known_channels() -> None:
         AnomalyDetector.fit(multichannel_signal(300), window=10, channels=("a", "b", "c"), relative_channels=("temp",))
     with pytest.raises(ValueError, match="distinct indices"):
         StandardScaler((0.0, 0.0), (1.0, 1.0), relative=(2,))
+
+
+def test_a_window_can_be_scored_by_its_largest_channel_errors(tmp_path) -> None:
+    """With score_channel_share the error is the mean of the largest channel errors: a fault on one of
+    several channels counts fully instead of being averaged with the quiet ones; saved and loaded with it."""
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    from models.scoring import window_error
+
+    channel_error = np.array([[1.0, 2.0, 6.0, 3.0], [4.0, 4.0, 4.0, 4.0]])
+    assert window_error(channel_error).tolist() == [3.0, 4.0]
+    assert window_error(channel_error, 2).tolist() == [4.5, 4.0]
+    assert window_error(channel_error, 4).tolist() == [3.0, 4.0]
+    with pytest.raises(ValueError, match="score_channels"):
+        LSTMAEConfig(n_channels=3, score_channels=4)
+
+    normal = multichannel_signal(600)
+    detector = AnomalyDetector.fit(normal, window=20, hidden_size=8, latent_size=2, training=FAST,
+                                   score_channel_share=0.5)  # fmt: skip
+    assert detector.model.config.score_channels == 2  # half of 3 channels, rounded up
+    faulty = normal[:200].copy()
+    faulty[150:, 1] += 3.0
+    scores = detector.score(faulty)[1]
+    largest_two = np.sort(scores.channel_error, axis=1)[:, 1:].mean(axis=1)
+    np.testing.assert_allclose(scores.error, largest_two, rtol=1e-6)
+    restored = load_checkpoint(save_checkpoint(detector, tmp_path / "ckpt")).detector
+    assert restored.model.config.score_channels == 2
+    np.testing.assert_allclose(restored.score(faulty)[1].error, scores.error, rtol=1e-6)
