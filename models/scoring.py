@@ -71,7 +71,7 @@ def window_error(channel_error: np.ndarray, score_channels: int | None = None) -
     >>> window_error(np.array([[1.0, 2.0, 6.0]])).tolist(), window_error(np.array([[1.0, 2.0, 6.0]]), 2).tolist()
     ([3.0], [4.0])
     """
-    channels = channel_error.shape[1] if channel_error.ndim == 2 else 0
+    channels = channel_error.shape[1]
     if score_channels is None or score_channels >= channels:
         return np.asarray(channel_error.mean(axis=1))
     largest = np.partition(channel_error, channels - score_channels, axis=1)[:, channels - score_channels :]

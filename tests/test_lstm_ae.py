@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.detector import AnomalyDetector, ThresholdNotSetError
 from models.lstm_ae import LSTMAEConfig, LSTMAutoencoder
 from models.preprocessing import StandardScaler
-from models.scoring import reconstruction_errors
+from models.scoring import reconstruction_errors, window_error
 from models.threshold import QuantileRule
 from models.training import Distillation, TrainingConfig, split_in_time, train_autoencoder
 
@@ -238,9 +239,6 @@ def test_relative_channels_must_name_known_channels() -> None:
 def test_a_window_can_be_scored_by_its_largest_channel_errors(tmp_path) -> None:
     """With score_channel_share the error is the mean of the largest channel errors: a fault on one of
     several channels counts fully instead of being averaged with the quiet ones; saved and loaded with it."""
-    from models.checkpoint import load_checkpoint, save_checkpoint
-    from models.scoring import window_error
-
     channel_error = np.array([[1.0, 2.0, 6.0, 3.0], [4.0, 4.0, 4.0, 4.0]])
     assert window_error(channel_error).tolist() == [3.0, 4.0]
     assert window_error(channel_error, 2).tolist() == [4.5, 4.0]
